@@ -1,0 +1,49 @@
+# `make test` and `make demo` set up everything they need on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck unit integration bench schemas clean tools
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# promtool checks the alert rules; Debian's prometheus package ships it and the server.
+tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+	  { echo "installing Debian's prometheus (promtool + server)"; \
+	    $(if $(shell id -u | grep -qx 0 && echo y),,sudo) apt-get update -qq && \
+	    $(if $(shell id -u | grep -qx 0 && echo y),,sudo) env DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP) tools
+	$(BIN)/pytest tests/integration -q
+
+test: $(STAMP) tools lint typecheck
+	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/rating demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_rating.py
+
+schemas: $(STAMP)
+	$(BIN)/rating schemas --write
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""Worker settings: the only place environment variables are read (prefix ``RATING_``).
+
+Frozen, validated at start-up: a bad value stops the worker with a message naming the
+variable and the problem instead of failing later on the first CDR.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_HOST_PORT = r"^[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*$"
+
+
+class Topics(BaseSettings):
+    """Contract topic names (defaults from CONTRACTS.md, all configurable)."""
+
+    model_config = SettingsConfigDict(env_prefix="RATING_TOPIC_", frozen=True, extra="ignore")
+
+    cdr_audio: str = "cdr.audio-conferencing"
+    cdr_tollfree: str = "cdr.toll-free"
+    tenant_settings: str = "rating.tenant-settings"
+    funds: str = "billing.funds"
+    charges: str = "rating.charges"
+    recharge_commands: str = "billing.recharge-commands"
+    balance_events: str = "rating.balance-events"
+    rejected: str = "rating.rejected"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RATING_", frozen=True, extra="ignore")
+
+    topics: Topics = Field(default_factory=Topics)
+    kafka_bootstrap: Annotated[str, Field(pattern=_HOST_PORT)] = "127.0.0.1:9092"
+    rate_cards: Path = Path("ratecards/sample.json")
+    # How often the rate-card file is checked for changes (0 = never reload).
+    rate_cards_poll_seconds: Annotated[float, Field(ge=0)] = 5.0
+
+    app_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")] = "rating"
+    # Partitions of the internal ledger topic and the changelogs: the unit of parallelism.
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 8
+    replication: Annotated[int, Field(ge=1, le=7)] = 1
+    data_dir: Path = Path("data")
+    store: str = "memory://"
+
+    web_host: str = "0.0.0.0"
+    web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
+    # Where other workers can reach this one (for routing GET /tenants/{id}).
+    web_advertised_host: str = "127.0.0.1"
+    admin_token: SecretStr | None = None
+    log_level: str = "INFO"
+
+    # Exactly-once: a cdr_id is remembered this long after its call_start; CDRs older than
+    # this are rejected as `stale` instead of being charged without a dedup guarantee.
+    dedup_horizon_hours: Annotated[int, Field(ge=1, le=24 * 400)] = 7 * 24
+    # Clock messages drive recharge retries/timeouts and dedup expiry.
+    tick_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+
+    recharge_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
+    recharge_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
+    recharge_backoff_max_seconds: Annotated[float, Field(gt=0)] = 3600.0
+    recharge_max_failures: Annotated[int, Field(ge=1)] = 5
+    recharge_daily_cap: Annotated[int, Field(ge=1)] = 10
+
+    # Consumer-group timing. Short defaults keep rebalances quick after a worker dies.
+    session_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    rebalance_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    heartbeat_seconds: Annotated[float, Field(gt=0)] = 1.0
+    commit_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    def check_rate_cards_readable(self) -> None:
+        """Fail early with the file named: the worker is useless without its rate cards."""
+        path = self.rate_cards
+        if not path.exists():
+            raise SettingsError(f"RATING_RATE_CARDS: file {str(path)!r} does not exist")
+        if not path.is_file():
+            raise SettingsError(f"RATING_RATE_CARDS: {str(path)!r} is not a regular file")
+        if not os.access(path, os.R_OK):
+            raise SettingsError(f"RATING_RATE_CARDS: file {str(path)!r} is not readable")
+
+
+class SettingsError(ValueError):
+    """Bad configuration, phrased for the operator."""
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment; errors name the RATING_* variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(part) for part in err["loc"])
+            problems.append(f"RATING_{field.upper()}: {err['msg']}")
+        raise SettingsError("bad configuration: " + "; ".join(problems)) from exc

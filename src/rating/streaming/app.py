@@ -1,0 +1,364 @@
+"""create_app(settings) -> faust.App with the two agents, the accounts table and the web views.
+
+Two stages, because the platform's topics are partitioned by the platform:
+
+    cdr.* / tenant-settings / billing.funds --ingest--> <app>-ledger (key = tenant) --ledger-->
+        rating.charges, billing.recharge-commands, rating.balance-events (+ rating.rejected)
+
+``ingest`` validates and repartitions by tenant; ``ledger`` owns the accounts table
+(co-partitioned with <app>-ledger) and applies every tenant's messages in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+
+from rating import __version__
+from rating.contracts import Rejection
+from rating.domain.account import RechargePolicy
+from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
+from rating.ingest import Envelope, Kind, Source, validate
+from rating.ledger import Ledger, Output, Result, tenant_of
+from rating.metrics import Metrics
+from rating.settings import Settings
+from rating.streaming.durability import drain_producer_buffer_before_commit
+
+log = logging.getLogger("rating.worker")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RateCards:
+    """The active RateBook; replaced whole on reload, so no CDR sees a half-loaded card."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.path = settings.rate_cards
+        self.metrics = metrics
+        self.book: RateBook = load_rate_cards(self.path)  # start-up: errors stop the worker
+        self._stamp = self._file_stamp()
+        self._publish_metrics("ok")
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _publish_metrics(self, outcome: str) -> None:
+        self.metrics.ratecard_reloads.labels(outcome=outcome).inc()
+        if outcome != "ok":
+            return
+        self.metrics.ratecard_active.clear()
+        for card in self.book.cards:
+            self.metrics.ratecard_active.labels(card.rate_card_id, card.plan, card.currency).set(1)
+        self.metrics.ratecard_loaded_at.set(time.time())
+
+    async def maybe_reload(self) -> bool:
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            book = await asyncio.to_thread(load_rate_cards, self.path)
+        except RateCardError as exc:
+            log.error("rate-card reload failed, keeping the previous cards: %s", exc)
+            self._publish_metrics("error")
+            return False
+        self.book = book  # one reference swap
+        log.info("rate cards reloaded from %s: %d cards", self.path, len(book.cards))
+        self._publish_metrics("ok")
+        return True
+
+
+def partition_of(tenant: str, partitions: int) -> int:
+    """The ledger partition of a tenant: the Kafka default partitioner on the tenant key."""
+    return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass
+class Pipeline:
+    """Everything one worker process holds; built by :func:`create_app`."""
+
+    settings: Settings
+    metrics: Metrics
+    app: faust.App
+    rates: RateCards
+    ledger: Ledger
+    topics: dict[str, Any] = field(default_factory=dict)
+    table: Any = None
+    kind_by_topic: dict[str, Kind] = field(default_factory=dict)
+    _indexed: set[int] = field(default_factory=set)
+
+    # --- ledger index maintenance ---------------------------------------------------------
+
+    def owned_ledger_partitions(self) -> set[int]:
+        name = self.topics["ledger"].get_topic_name()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name}
+
+    def ensure_indexed(self, partition: int) -> None:
+        """After a rebalance, rebuild the in-memory ledger index from the recovered table."""
+        if partition in self._indexed:
+            return
+        n = self.settings.partitions
+        items = [
+            (k, v)
+            for k, v in self.table.items()
+            if v is not None and partition_of(tenant_of(k), n) == partition
+        ]
+        self.ledger.rebuild_index(partition, items)
+        self._indexed.add(partition)
+
+    def on_revoked(self) -> None:
+        for p in list(self._indexed):
+            self.ledger.forget(p)
+        self._indexed.clear()
+
+    # --- publishing -----------------------------------------------------------------------
+
+    async def publish(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            await self.topics[out.role].send(key=out.key.encode(), value=out.value)
+
+    def count_result(self, result: Result, started: float | None) -> None:
+        m = self.metrics
+        now = utcnow()
+        if result.outcome == "charged" and result.charge is not None:
+            c = result.charge
+            m.cdrs_charged.labels(c.product.value, c.currency).inc()
+            # Prometheus stores float64; this is a dashboard figure, never a balance.
+            m.charged_amount.labels(c.currency, c.product.value).inc(float(c.amount))
+            if started is not None:
+                m.processing_latency.observe(max(0.0, time.time() - started))
+            if result.call_end is not None:
+                m.event_lag.observe(max(0.0, (now - result.call_end).total_seconds()))
+        elif result.outcome == "duplicate":
+            m.cdrs_duplicate.labels("unknown").inc()
+        elif result.outcome in ("replayed", "repaired"):
+            m.charges_replayed.inc()
+        elif result.outcome == "settings":
+            m.settings_applied.inc()
+        if result.funds is not None:
+            f = result.funds
+            dup = result.outcome == "funds_duplicate"
+            m.funds_events.labels(f.kind.value, "duplicate" if dup else "applied").inc()
+            if result.outcome == "funds" and f.kind.value != "recharge_failed":
+                m.funds_credited.labels(f.currency, f.kind.value).inc(float(f.amount))
+        for effects in result.effects:
+            for outcome in effects.recharge_outcomes:
+                m.recharge_commands.labels(outcome).inc()
+            for event in effects.balance_events:
+                m.balance_events.labels(event.kind.value).inc()
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    hosts = settings.kafka_bootstrap.split(",")
+    return faust.App(
+        settings.app_id,
+        broker=[f"kafka://{h}" for h in hosts],
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        web_host=settings.web_advertised_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        canonical_url=f"http://{settings.web_advertised_host}:{settings.web_port}",
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_rebalance_timeout=settings.rebalance_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_seconds,
+        broker_commit_interval=settings.commit_interval_seconds,
+        producer_acks=-1,
+        autodiscover=False,
+        # One ordered stream per tenant partition: no concurrent table writers.
+        stream_buffer_maxsize=4096,
+        web_enabled=True,
+        logging_config=None,
+    )
+
+
+def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
+    """Build the worker. Raises RateCardError for a bad rate-card file (start-up check)."""
+    drain_producer_buffer_before_commit()
+    metrics = metrics or Metrics()
+    metrics.worker_info.info({"version": __version__, "app_id": settings.app_id})
+    rates = RateCards(settings, metrics)
+    app = _faust_app(settings)
+    policy = RechargePolicy(
+        response_timeout=timedelta(seconds=settings.recharge_timeout_seconds),
+        backoff_initial=timedelta(seconds=settings.recharge_backoff_seconds),
+        backoff_max=timedelta(seconds=settings.recharge_backoff_max_seconds),
+        max_failures=settings.recharge_max_failures,
+        daily_cap=settings.recharge_daily_cap,
+    )
+    # JSON values (the app default serializer); keys are "a/...", "c/...": see ledger.py.
+    table = app.Table(
+        "accounts",
+        partitions=settings.partitions,
+        key_type=str,
+        help="Accounts and dedup markers by tenant.",
+    )
+    ledger = Ledger(
+        table, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours)
+    )
+    p = Pipeline(
+        settings=settings, metrics=metrics, app=app, rates=rates, ledger=ledger, table=table
+    )
+    _declare_topics(p)
+    _register_agents(p)
+    _register_timers(p)
+    from rating.streaming.web import register_views
+
+    register_views(p)
+    return p
+
+
+def _raw_topic(app: faust.App, *names: str, **kw: Any) -> Any:
+    # Raw bytes in and out: validation happens in the agents, where a bad record becomes a
+    # Rejection instead of an exception thrown into the agent by a deserializer.
+    return app.topic(
+        *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", **kw
+    )
+
+
+def _declare_topics(p: Pipeline) -> None:
+    t = p.settings.topics
+    app = p.app
+    p.kind_by_topic = {
+        t.cdr_audio: "cdr",
+        t.cdr_tollfree: "cdr",
+        t.tenant_settings: "settings",
+        t.funds: "funds",
+    }
+    p.topics["inputs"] = _raw_topic(app, *p.kind_by_topic)
+    p.topics["ledger"] = _raw_topic(
+        app, f"{p.settings.app_id}-ledger", internal=True, partitions=p.settings.partitions
+    )
+    p.topics["charges"] = _raw_topic(app, t.charges)
+    p.topics["recharge"] = _raw_topic(app, t.recharge_commands)
+    p.topics["balance"] = _raw_topic(app, t.balance_events)
+    p.topics["rejected"] = _raw_topic(app, t.rejected)
+    # Admin endpoints publish here, like billing and the admin portal would.
+    p.topics["settings_out"] = _raw_topic(app, t.tenant_settings)
+    p.topics["funds_out"] = _raw_topic(app, t.funds)
+
+
+def _register_agents(p: Pipeline) -> None:
+    app, m = p.app, p.metrics
+
+    @app.agent(p.topics["inputs"], name="ingest")
+    async def ingest(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            kind = p.kind_by_topic[msg.topic]
+            if kind == "cdr":
+                m.cdrs_consumed.labels(msg.topic).inc()
+            checked = validate(kind, source, msg.value, utcnow())
+            if isinstance(checked, Rejection):
+                m.cdrs_rejected.labels(msg.topic, checked.reason.value).inc()
+                await p.topics["rejected"].send(
+                    key=msg.key, value=checked.model_dump_json().encode()
+                )
+                continue
+            await p.topics["ledger"].send(
+                key=checked.tenant_id.encode(), value=_with_ingest_time(checked)
+            )
+
+    @app.agent(p.topics["ledger"], name="ledger")
+    async def ledger(stream: Any) -> None:
+        async for event in stream.events():
+            msg = event.message
+            p.ensure_indexed(msg.partition)
+            try:
+                data = json.loads(msg.value)
+            except ValueError:  # only we write this topic; log loudly, never crash
+                log.error(
+                    "undecodable ledger record at %s:%s:%s", msg.topic, msg.partition, msg.offset
+                )
+                continue
+            now = utcnow()
+            if data.get("k") == "tick":
+                result = p.ledger.tick(msg.partition, msg.offset, now)
+                started = None
+            else:
+                env = Envelope.from_dict(data)
+                result = p.ledger.handle(env, msg.partition, msg.offset, now)
+                started = data.get("it")
+                if result.reason is not None:
+                    m.cdrs_rejected.labels(env.source.topic, result.reason.value).inc()
+            await p.publish(result.outputs)
+            p.count_result(result, started)
+
+    app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
+
+
+def _with_ingest_time(env: Envelope) -> bytes:
+    d = env.to_dict()
+    d["it"] = time.time()  # for the consume->charge latency histogram
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def _register_timers(p: Pipeline) -> None:
+    app, s = p.app, p.settings
+
+    @app.timer(interval=s.tick_seconds, name="clock")
+    async def clock() -> None:
+        # The clock goes through the log, so retries and expiry are replayed like any input.
+        tick = json.dumps({"k": "tick", "at": utcnow().isoformat()}).encode()
+        for partition in sorted(p.owned_ledger_partitions()):
+            await p.topics["ledger"].send(key=None, value=tick, partition=partition)
+
+    if s.rate_cards_poll_seconds > 0:
+
+        @app.timer(interval=s.rate_cards_poll_seconds, name="ratecards")
+        async def reload_rate_cards() -> None:
+            await p.rates.maybe_reload()
+
+    @app.timer(interval=5.0, name="gauges")
+    async def gauges() -> None:
+        _update_gauges(p)
+
+
+def _update_gauges(p: Pipeline) -> None:
+    m = p.metrics
+    owned = p.owned_ledger_partitions()
+    tenants, below, exhausted, outstanding = p.ledger.status(owned)
+    m.tenants.set(tenants)
+    m.tenants_below_trigger.set(below)
+    m.tenants_exhausted.set(exhausted)
+    m.recharge_outstanding.set(outstanding)
+    by_topic: dict[str, int] = {}
+    consumer = p.app.consumer
+    for tp in p.app.assignor.assigned_actives():
+        by_topic[tp.topic] = by_topic.get(tp.topic, 0) + 1
+        _set_lag(p, consumer, tp)
+    m.partitions_owned.clear()
+    for topic, count in by_topic.items():
+        m.partitions_owned.labels(topic).set(count)
+
+
+def _set_lag(p: Pipeline, consumer: Any, tp: TP) -> None:
+    try:
+        high = consumer.highwater(tp)
+        position = consumer._committed_offset.get(tp)
+    except Exception:
+        return
+    if high is None or position is None:
+        return
+    p.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position - 1))
+
+
+__all__ = ["Pipeline", "RateCardError", "create_app", "partition_of"]

@@ -1,0 +1,233 @@
+"""HTTP on every worker: /metrics, /health, /ready, tenants, and token-protected admin calls.
+
+``GET /tenants/{id}`` is answered by whichever worker owns the tenant's ledger partition; any
+other worker forwards the request there, so a load balancer may hit any worker.
+Admin calls never touch state directly: they publish to the contract topics, so every
+change goes through the same ledger path as billing's and the platform's messages.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from rating.contracts import AutoRecharge, FundsEvent, FundsKind, TenantSettings, format_money
+from rating.domain.account import Account
+from rating.ingest import describe_validation_error
+
+if TYPE_CHECKING:
+    from rating.streaming.app import Pipeline
+
+ROUTED_HEADER = "X-Rating-Routed"
+
+
+def tenant_document(account: Account) -> dict[str, Any]:
+    """The contract's tenant view (plus a few operator-friendly extensions)."""
+    out = account.outstanding
+    return {
+        "tenant_id": account.tenant_id,
+        "currency": account.currency,
+        "balance": format_money(account.balance),
+        "auto_recharge": {
+            "enabled": account.auto_recharge_enabled,
+            "recharge_amount": format_money(account.recharge_amount),
+            "trigger_balance": format_money(account.trigger_balance),
+        },
+        "outstanding_command": None
+        if out is None
+        else {
+            "command_id": out.command_id,
+            "amount": format_money(out.amount),
+            "issued_at": out.issued_at.isoformat().replace("+00:00", "Z"),
+            "attempt": out.attempt,
+        },
+        "plan": account.plan,
+        "low_balance_alert": (
+            None if account.low_balance_alert is None else format_money(account.low_balance_alert)
+        ),
+        "recharge_failing": account.recharge_failing,
+    }
+
+
+def register_views(p: Pipeline) -> None:
+    app = p.app
+    token = p.settings.admin_token
+
+    def owner_url(tenant: str) -> str | None:
+        """Base URL of the worker owning the tenant's partition (None: unknown yet)."""
+        from rating.streaming.app import partition_of
+
+        partition = partition_of(tenant, p.settings.partitions)
+        changelog = p.table.changelog_topic.get_topic_name()
+        for host, topics in app.assignor.table_metadata(changelog).items():
+            if partition in topics.get(changelog, ()):
+                return str(host).rstrip("/")
+        return None
+
+    def admin_denied(view: View, request: Request) -> Response | None:
+        if token is None:
+            return view.json(
+                {"error": "admin endpoints are off: set RATING_ADMIN_TOKEN"}, status=403
+            )
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            resp = view.json({"error": "missing or wrong bearer token"}, status=401)
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="rating-admin"'
+            return resp
+        return None
+
+    def local_url() -> str:
+        return str(app.conf.canonical_url).rstrip("/")
+
+    async def forward(view: View, request: Request, path: str) -> Response | None:
+        """Send the request to the owning worker, unless we are it (None)."""
+        if request.headers.get(ROUTED_HEADER) is not None:
+            return None
+        url = owner_url(path.split("/")[2])
+        if url is None or app.rebalancing:
+            return view.json(
+                {"error": "partition assignment in progress"},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
+        if url == local_url():
+            return None
+        headers = {ROUTED_HEADER: "1"}
+        if "Authorization" in request.headers:
+            headers["Authorization"] = request.headers["Authorization"]
+        async with app.http_client.request(
+            request.method, f"{url}{path}", headers=headers, data=await request.read()
+        ) as resp:
+            return view.bytes(
+                await resp.read(), content_type="application/json", status=resp.status
+            )
+
+    async def read_json(request: Request) -> Any:
+        try:
+            return json.loads(await request.read() or b"{}")
+        except ValueError:
+            return None
+
+    @app.page("/metrics")
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(
+                generate_latest(p.metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0]
+            )
+
+    @app.page("/health")
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok"})
+
+    @app.page("/ready")
+    class ReadyView(View):
+        async def get(self, request: Request) -> Response:
+            ready = app.consumer_generation_id is not None and not app.rebalancing
+            ready = ready and app.tables.recovery.completed.is_set()
+            return self.json({"ready": bool(ready)}, status=200 if ready else 503)
+
+    @app.page("/tenants/{tenant_id}")
+    class TenantView(View):
+        async def get(self, request: Request, tenant_id: str) -> Response:
+            routed = await forward(self, request, f"/tenants/{tenant_id}")
+            if routed is not None:
+                return routed
+            account = p.ledger.account(tenant_id)
+            if account is None:
+                return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
+            return self.json(tenant_document(account))
+
+    async def send_settings(settings: TenantSettings) -> None:
+        await p.topics["settings_out"].send(
+            key=settings.tenant_id.encode(), value=settings.model_dump_json().encode()
+        )
+
+    @app.page("/tenants/{tenant_id}/funds")
+    class FundsView(View):
+        async def post(self, request: Request, tenant_id: str) -> Response:
+            denied = admin_denied(self, request)
+            if denied is not None:
+                return denied
+            routed = await forward(self, request, f"/tenants/{tenant_id}/funds")
+            if routed is not None:
+                return routed
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                return self.json({"error": "body must be a JSON object"}, status=400)
+            account = p.ledger.account(tenant_id)
+            currency = body.get("currency") or (account.currency if account else None)
+            if currency is None:
+                return self.json({"error": "unknown tenant: give a currency"}, status=400)
+            try:
+                event = FundsEvent(
+                    event_id=body.get("event_id") or f"admin-{uuid.uuid4()}",
+                    tenant_id=tenant_id,
+                    kind=FundsKind(body.get("kind", "manual_add")),
+                    amount=body.get("amount"),
+                    currency=currency,
+                    reason=body.get("reason"),
+                )
+            except (ValidationError, ValueError) as exc:
+                detail = (
+                    describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+                )
+                return self.json({"error": detail}, status=400)
+            if event.kind not in (FundsKind.MANUAL_ADD, FundsKind.ADJUSTMENT):
+                return self.json({"error": "kind must be manual_add or adjustment"}, status=400)
+            await p.topics["funds_out"].send(
+                key=tenant_id.encode(), value=event.model_dump_json().encode()
+            )
+            return self.json({"accepted": True, "event_id": event.event_id}, status=202)
+
+    @app.page("/tenants/{tenant_id}/auto-recharge")
+    class AutoRechargeView(View):
+        async def put(self, request: Request, tenant_id: str) -> Response:
+            denied = admin_denied(self, request)
+            if denied is not None:
+                return denied
+            routed = await forward(self, request, f"/tenants/{tenant_id}/auto-recharge")
+            if routed is not None:
+                return routed
+            body = await read_json(request)
+            if not isinstance(body, dict):
+                return self.json({"error": "body must be a JSON object"}, status=400)
+            account = p.ledger.account(tenant_id)
+            if account is None:
+                return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
+            try:
+                auto = AutoRecharge(
+                    enabled=body.get("enabled", account.auto_recharge_enabled),
+                    recharge_amount=body.get(
+                        "recharge_amount", format_money(account.recharge_amount)
+                    ),
+                    trigger_balance=body.get(
+                        "trigger_balance", format_money(account.trigger_balance)
+                    ),
+                )
+            except ValidationError as exc:
+                return self.json({"error": describe_validation_error(exc)}, status=400)
+            if auto.recharge_amount <= Decimal(0) and auto.enabled:
+                return self.json({"error": "recharge_amount must be > 0"}, status=400)
+            settings = TenantSettings(
+                tenant_id=tenant_id,
+                currency=account.currency,
+                plan=account.plan,
+                auto_recharge=auto,
+                low_balance_alert=account.low_balance_alert,
+            )
+            await send_settings(settings)
+            return self.json(
+                {"accepted": True, "settings": json.loads(settings.model_dump_json())}, status=202
+            )
+
+    # Registered for completeness of the closure set above.
+    _ = (MetricsView, HealthView, ReadyView, TenantView, FundsView, AutoRechargeView)
