@@ -78,6 +78,12 @@ def _billing_sim(args: argparse.Namespace) -> int:
     return run_billing_sim(args)
 
 
+def _platform_sim(args: argparse.Namespace) -> int:
+    from rating.platform_sim import run_platform_sim
+
+    return run_platform_sim(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rating import offline
 
@@ -117,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("billing-sim", help="answer recharge commands like billing would")
     billing_args(p)
     p.set_defaults(handler=_billing_sim)
+
+    from rating.platform_sim import add_arguments as platform_args
+
+    p = sub.add_parser("platform-sim", help="publish simulated CDRs like the telephony platform")
+    platform_args(p)
+    p.set_defaults(handler=_platform_sim)
     return parser
 
 

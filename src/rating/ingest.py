@@ -139,7 +139,7 @@ def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> En
                 f"value is not JSON: {exc.errors()[0]['msg']}",
                 now,
             )
-        if any(e["type"] == "model_type" for e in exc.errors()):
+        if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
             return make_rejection(
                 source, text, RejectReason.MALFORMED, "value is JSON but not an object", now
             )

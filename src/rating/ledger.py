@@ -24,8 +24,11 @@ Exactly once in effect, without Kafka transactions:
    outputs are published again (same content: consumers dedupe Charges by ``cdr_id``).
 4. The same CDR published twice has a different source: the marker says it was charged, so
    it is dropped and counted as a duplicate.
-5. Markers live until ``call_start + horizon + grace``; a CDR older than ``call_start +
-   horizon`` is rejected as ``stale``, so a duplicate can never outlive its marker.
+5. Charge markers live until ``call_start + horizon + grace``; a CDR older than
+   ``call_start + horizon`` is rejected as ``stale``, so a duplicate can never outlive its
+   marker. Funds markers never expire (funds are few and have no time to judge them by).
+6. ``now`` is the ledger record's timestamp, so reprocessing a record computes the same
+   Charge, to the byte, whether or not its first result survived.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ MAX_EXPIRE_PER_TICK = 5000
 @dataclass(frozen=True, slots=True)
 class Output:
     role: Role
-    key: str
+    key: bytes | None
     value: bytes
 
 
@@ -92,6 +95,7 @@ class Result:
     call_end: datetime | None = None
     effects: list[Effects] = field(default_factory=list)
     funds: FundsEvent | None = None
+    product: str | None = None
 
 
 def _epoch(t: datetime) -> int:
@@ -99,10 +103,9 @@ def _epoch(t: datetime) -> int:
 
 
 def _effects_outputs(tenant: str, effects: Effects) -> list[Output]:
-    out = [
-        Output("recharge", tenant, c.model_dump_json().encode()) for c in effects.recharge_commands
-    ]
-    out += [Output("balance", tenant, e.model_dump_json().encode()) for e in effects.balance_events]
+    key = tenant.encode()
+    out = [Output("recharge", key, c.model_dump_json().encode()) for c in effects.recharge_commands]
+    out += [Output("balance", key, e.model_dump_json().encode()) for e in effects.balance_events]
     return out
 
 
@@ -111,7 +114,8 @@ def _pack(outputs: list[Output]) -> list[list[str]]:
 
 
 def _unpack(tenant: str, packed: list[list[str]]) -> list[Output]:
-    return [Output(_CODE_ROLES[code], tenant, value.encode()) for code, value in packed]
+    # Markers only hold outputs of applied messages, all keyed by the tenant.
+    return [Output(_CODE_ROLES[code], tenant.encode(), value.encode()) for code, value in packed]
 
 
 class Ledger:
@@ -184,7 +188,7 @@ class Ledger:
         return Result(
             outcome="rejected",
             reason=reason,
-            outputs=[Output("rejected", env.tenant_id, _rejection_bytes(rej))],
+            outputs=[Output("rejected", env.source.key, _rejection_bytes(rej))],
         )
 
     def _parse(self, env: Envelope, model: type[Any], now: datetime) -> Any:
@@ -223,7 +227,9 @@ class Ledger:
                 return Result(
                     outcome="repaired", outputs=_unpack(tenant, marker["out"]), effects=[effects]
                 )
-            return self._replayed(marker, env, tenant, "duplicate")
+            result = self._replayed(marker, env, tenant, "duplicate")
+            result.product = cdr.product.value
+            return result
         if cdr.call_start + self.horizon < now:
             return self._reject(
                 env,
@@ -240,10 +246,11 @@ class Ledger:
             return self._reject(env, rated.reason, rated.detail, now)
         if offset <= lo:
             # Applied by an earlier delivery whose marker has since expired.
-            return Result(outcome="duplicate")
+            return Result(outcome="duplicate", product=cdr.product.value)
         account, effects = apply_charge(account, rated.amount, now, self.policy)
         charge = rated.model_copy(update={"balance_after": account.balance})
-        outputs = [Output("charges", tenant, charge.model_dump_json(exclude_none=True).encode())]
+        charge_json = charge.model_dump_json(exclude_none=True).encode()
+        outputs = [Output("charges", tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)
         self._mark(
@@ -290,12 +297,12 @@ class Ledger:
         account, effects = applied
         outputs = _effects_outputs(tenant, effects)
         at = marker["lo"] if marker is not None else offset
-        # Funds have no call time; keep their markers for the dedup horizon from now.
-        expires = _epoch(now + self.horizon + EXPIRY_GRACE)
+        # Funds markers never expire: a funds event has no time of its own to call it stale
+        # by, re-reading billing.funds must never credit twice, and funds are few.
         self._mark(
             partition,
             mkey,
-            {"lo": at, "src": env.source.ref, "exp": expires, "out": _pack(outputs)},
+            {"lo": at, "src": env.source.ref, "out": _pack(outputs)},
         )
         self._save(partition, account, at)
         return Result(outcome="funds", outputs=outputs, effects=[effects], funds=event)

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``rating rate`` (CONTRACTS.md, "Command line")."""
     parser.add_argument("--rate-cards", required=True, metavar="FILE", help="rate-card file")
     parser.add_argument(
-        "--cdrs", required=True, metavar="FILE", help="CDR JSON lines; '-' reads standard input"
+        "--cdrs",
+        required=True,
+        metavar="FILE",
+        help="CDR JSON lines ('-' reads standard input); blank lines are skipped",
     )
     parser.add_argument(
         "--tenants",
@@ -204,10 +207,11 @@ class OfflineRater:
 
 
 @contextmanager
-def _cdr_lines(name: str, stdin: TextIO) -> Iterator[IO[bytes] | TextIO]:
+def _cdr_lines(name: str, stdin: TextIO) -> Iterator[Iterable[bytes | str]]:
     """Binary lines when possible, so invalid UTF-8 is one rejected line, not a crash."""
     if name == "-":
-        yield getattr(stdin, "buffer", stdin)
+        lines: Iterable[bytes | str] = getattr(stdin, "buffer", stdin)
+        yield lines
         return
     try:
         handle = Path(name).open("rb")  # noqa: SIM115 - closed by this context manager

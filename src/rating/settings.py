@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     # Exactly-once: a cdr_id is remembered this long after its call_start; CDRs older than
     # this are rejected as `stale` instead of being charged without a dedup guarantee.
     dedup_horizon_hours: Annotated[int, Field(ge=1, le=24 * 400)] = 7 * 24
+    # Write one seal record per changelog partition after each batch, for brokers that
+    # report a stale end offset (the embedded Tansu does); see streaming/store.py.
+    changelog_seal: bool = True
+    # Ledger batches: up to this many records or this long, then one changelog flush.
+    batch_max: Annotated[int, Field(ge=1, le=10000)] = 500
+    batch_seconds: Annotated[float, Field(gt=0, le=5)] = 0.05
     # Clock messages drive recharge retries/timeouts and dedup expiry.
     tick_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
 

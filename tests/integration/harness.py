@@ -44,9 +44,17 @@ TOPIC_FIELDS = {
 
 
 def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.1,
+    *,
+    fail: bool = True,
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``.
+
+    With ``fail=False`` the last value is returned instead, for a richer assertion.
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -54,6 +62,8 @@ def wait_until(
         if last:
             return last
         time.sleep(interval)
+    if not fail:
+        return last
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 

@@ -12,14 +12,28 @@ from rating.contracts import SCHEMA_MODELS
 from rating.schemas import SCHEMA_DIR, drift, render_all
 
 EXAMPLES = {
-    "cdr": {"cdr_id": "c1", "tenant_id": "acme", "product": "conferencing_dialout",
-            "call_start": "2026-11-22T10:00:00Z", "duration_seconds": 61,
-            "origin": "+4520123456", "destination": "+14155550100"},
-    "tenant-settings": {"tenant_id": "acme", "currency": "USD", "plan": "standard",
-                        "auto_recharge": {"enabled": True, "recharge_amount": "50.00",
-                                          "trigger_balance": "10.00"}},
-    "funds-event": {"event_id": "e1", "tenant_id": "acme", "kind": "manual_add",
-                    "amount": "25.00", "currency": "USD"},
+    "cdr": {
+        "cdr_id": "c1",
+        "tenant_id": "acme",
+        "product": "conferencing_dialout",
+        "call_start": "2026-11-22T10:00:00Z",
+        "duration_seconds": 61,
+        "origin": "+4520123456",
+        "destination": "+14155550100",
+    },
+    "tenant-settings": {
+        "tenant_id": "acme",
+        "currency": "USD",
+        "plan": "standard",
+        "auto_recharge": {"enabled": True, "recharge_amount": "50.00", "trigger_balance": "10.00"},
+    },
+    "funds-event": {
+        "event_id": "e1",
+        "tenant_id": "acme",
+        "kind": "manual_add",
+        "amount": "25.00",
+        "currency": "USD",
+    },
 }
 
 
@@ -30,8 +44,16 @@ def test_checked_in_schemas_match_the_models() -> None:
 def test_every_contract_message_has_a_schema_file() -> None:
     names = {p.name for p in SCHEMA_DIR.glob("*.schema.json")}
     assert names == {f"{stem}.schema.json" for stem in SCHEMA_MODELS}
-    for required in ("cdr", "tenant-settings", "funds-event", "charge", "recharge-command",
-                     "balance-event", "rejection", "rate-card-file"):
+    for required in (
+        "cdr",
+        "tenant-settings",
+        "funds-event",
+        "charge",
+        "recharge-command",
+        "balance-event",
+        "rejection",
+        "rate-card-file",
+    ):
         assert f"{required}.schema.json" in names
 
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.types import TP
+from prometheus_client import disable_created_metrics
 
 from rating import __version__
 from rating.contracts import Rejection
@@ -30,8 +30,10 @@ from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.ingest import Envelope, Kind, Source, validate
 from rating.ledger import Ledger, Output, Result, tenant_of
 from rating.metrics import Metrics
+from rating.partitioning import partition_of
 from rating.settings import Settings
 from rating.streaming.durability import drain_producer_buffer_before_commit
+from rating.streaming.store import SEAL_PREFIX, TableStore
 
 log = logging.getLogger("rating.worker")
 
@@ -83,9 +85,11 @@ class RateCards:
         return True
 
 
-def partition_of(tenant: str, partitions: int) -> int:
-    """The ledger partition of a tenant: the Kafka default partitioner on the tenant key."""
-    return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+def record_time(msg: Any) -> datetime:
+    ts = getattr(msg, "timestamp", None)
+    if not ts or ts <= 0:
+        return utcnow()
+    return datetime.fromtimestamp(ts, UTC)
 
 
 @dataclass
@@ -97,6 +101,7 @@ class Pipeline:
     app: faust.App
     rates: RateCards
     ledger: Ledger
+    store: TableStore
     topics: dict[str, Any] = field(default_factory=dict)
     table: Any = None
     kind_by_topic: dict[str, Kind] = field(default_factory=dict)
@@ -115,8 +120,10 @@ class Pipeline:
         n = self.settings.partitions
         items = [
             (k, v)
-            for k, v in self.table.items()
-            if v is not None and partition_of(tenant_of(k), n) == partition
+            for k, v in self.store.items()
+            if v is not None
+            and not k.startswith(SEAL_PREFIX)
+            and partition_of(tenant_of(k), n) == partition
         ]
         self.ledger.rebuild_index(partition, items)
         self._indexed.add(partition)
@@ -126,11 +133,33 @@ class Pipeline:
             self.ledger.forget(p)
         self._indexed.clear()
 
+    # --- applying -------------------------------------------------------------------------
+
+    def apply(self, msg: Any) -> tuple[Result, float | None]:
+        """One ledger record -> its Result (state written through the table store)."""
+        self.ensure_indexed(msg.partition)
+        self.store.partition = msg.partition
+        try:
+            data = json.loads(msg.value)
+        except ValueError:  # only we write this topic; log loudly, never crash
+            log.error("undecodable ledger record at %s:%s:%s", msg.topic, msg.partition, msg.offset)
+            return Result(), None
+        # The record's own timestamp, not the wall clock: reprocessing the same record after
+        # a crash then computes the same Charge (rated_at included) and the same decisions.
+        now = record_time(msg)
+        if data.get("k") == "tick":
+            return self.ledger.tick(msg.partition, msg.offset, now), None
+        env = Envelope.from_dict(data)
+        result = self.ledger.handle(env, msg.partition, msg.offset, now)
+        if result.reason is not None:
+            self.metrics.cdrs_rejected.labels(env.source.topic, result.reason.value).inc()
+        return result, data.get("it")
+
     # --- publishing -----------------------------------------------------------------------
 
     async def publish(self, outputs: list[Output]) -> None:
         for out in outputs:
-            await self.topics[out.role].send(key=out.key.encode(), value=out.value)
+            await self.topics[out.role].send(key=out.key, value=out.value)
 
     def count_result(self, result: Result, started: float | None) -> None:
         m = self.metrics
@@ -145,7 +174,7 @@ class Pipeline:
             if result.call_end is not None:
                 m.event_lag.observe(max(0.0, (now - result.call_end).total_seconds()))
         elif result.outcome == "duplicate":
-            m.cdrs_duplicate.labels("unknown").inc()
+            m.cdrs_duplicate.labels(result.product or "unknown").inc()
         elif result.outcome in ("replayed", "repaired"):
             m.charges_replayed.inc()
         elif result.outcome == "settings":
@@ -185,6 +214,10 @@ def _faust_app(settings: Settings) -> faust.App:
         # One ordered stream per tenant partition: no concurrent table writers.
         stream_buffer_maxsize=4096,
         web_enabled=True,
+        # The check compares RocksDB's persisted offsets with the changelog's end; with the
+        # memory store it only races standby reads against the embedded broker's end offset
+        # and crashes the worker for nothing. Kept for persistent stores.
+        recovery_consistency_check=not settings.store.startswith("memory"),
         logging_config=None,
     )
 
@@ -192,6 +225,8 @@ def _faust_app(settings: Settings) -> faust.App:
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
     """Build the worker. Raises RateCardError for a bad rate-card file (start-up check)."""
     drain_producer_buffer_before_commit()
+    # One series per counter, not two: the *_created series double the scrape for nothing.
+    disable_created_metrics()
     metrics = metrics or Metrics()
     metrics.worker_info.info({"version": __version__, "app_id": settings.app_id})
     rates = RateCards(settings, metrics)
@@ -210,11 +245,19 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
         key_type=str,
         help="Accounts and dedup markers by tenant.",
     )
+    store = TableStore(table)
+    store.seal = settings.changelog_seal
     ledger = Ledger(
-        table, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours)
+        store, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours)
     )
     p = Pipeline(
-        settings=settings, metrics=metrics, app=app, rates=rates, ledger=ledger, table=table
+        settings=settings,
+        metrics=metrics,
+        app=app,
+        rates=rates,
+        ledger=ledger,
+        store=store,
+        table=table,
     )
     _declare_topics(p)
     _register_agents(p)
@@ -279,28 +322,20 @@ def _register_agents(p: Pipeline) -> None:
 
     @app.agent(p.topics["ledger"], name="ledger")
     async def ledger(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            p.ensure_indexed(msg.partition)
-            try:
-                data = json.loads(msg.value)
-            except ValueError:  # only we write this topic; log loudly, never crash
-                log.error(
-                    "undecodable ledger record at %s:%s:%s", msg.topic, msg.partition, msg.offset
-                )
-                continue
-            now = utcnow()
-            if data.get("k") == "tick":
-                result = p.ledger.tick(msg.partition, msg.offset, now)
-                started = None
-            else:
-                env = Envelope.from_dict(data)
-                result = p.ledger.handle(env, msg.partition, msg.offset, now)
-                started = data.get("it")
-                if result.reason is not None:
-                    m.cdrs_rejected.labels(env.source.topic, result.reason.value).inc()
-            await p.publish(result.outputs)
-            p.count_result(result, started)
+        # Batches: state for the whole batch goes to the changelog, the changelog is flushed,
+        # and only then are the outputs published (an outbox). So a Charge exists only once
+        # its marker is durable, and a replay re-publishes the stored bytes: same content.
+        async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
+            outputs: list[Output] = []
+            done: list[tuple[Result, float | None]] = []
+            for event in events:
+                result, started = p.apply(event.message)
+                outputs.extend(result.outputs)
+                done.append((result, started))
+            await p.store.durable()
+            await p.publish(outputs)
+            for result, started in done:
+                p.count_result(result, started)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
 
@@ -340,25 +375,30 @@ def _update_gauges(p: Pipeline) -> None:
     m.tenants_below_trigger.set(below)
     m.tenants_exhausted.set(exhausted)
     m.recharge_outstanding.set(outstanding)
-    by_topic: dict[str, int] = {}
+    # Only the topics this pipeline consumes: changelogs and Faust's own are noise here.
+    consumed = set(p.kind_by_topic) | {p.topics["ledger"].get_topic_name()}
+    by_topic: dict[str, int] = dict.fromkeys(consumed, 0)
     consumer = p.app.consumer
+    m.consumer_lag.clear()  # forget partitions revoked since the last update
     for tp in p.app.assignor.assigned_actives():
-        by_topic[tp.topic] = by_topic.get(tp.topic, 0) + 1
-        _set_lag(p, consumer, tp)
-    m.partitions_owned.clear()
+        if tp.topic in consumed:
+            by_topic[tp.topic] += 1
+            _set_lag(p, consumer, tp)
     for topic, count in by_topic.items():
         m.partitions_owned.labels(topic).set(count)
 
 
 def _set_lag(p: Pipeline, consumer: Any, tp: TP) -> None:
+    # highwater = the partition's end offset from the last fetch; the committed offset is
+    # the next one this group will read. Faust keeps it privately; lag is best effort.
     try:
         high = consumer.highwater(tp)
-        position = consumer._committed_offset.get(tp)
+        committed = consumer._committed_offset.get(tp)
     except Exception:
         return
-    if high is None or position is None:
+    if high is None or committed is None:
         return
-    p.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - position - 1))
+    p.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(0, high - committed))
 
 
 __all__ = ["Pipeline", "RateCardError", "create_app", "partition_of"]

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from rating.contracts import AutoRecharge, FundsEvent, FundsKind, TenantSettings, format_money
 from rating.domain.account import Account
 from rating.ingest import describe_validation_error
+from rating.partitioning import partition_of
 
 if TYPE_CHECKING:
     from rating.streaming.app import Pipeline
@@ -62,8 +63,6 @@ def register_views(p: Pipeline) -> None:
 
     def owner_url(tenant: str) -> str | None:
         """Base URL of the worker owning the tenant's partition (None: unknown yet)."""
-        from rating.streaming.app import partition_of
-
         partition = partition_of(tenant, p.settings.partitions)
         changelog = p.table.changelog_topic.get_topic_name()
         for host, topics in app.assignor.table_metadata(changelog).items():
@@ -144,7 +143,10 @@ def register_views(p: Pipeline) -> None:
             account = p.ledger.account(tenant_id)
             if account is None:
                 return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
-            return self.json(tenant_document(account))
+            doc = tenant_document(account)
+            doc["served_by"] = local_url()
+            doc["partition"] = partition_of(tenant_id, p.settings.partitions)
+            return self.json(doc)
 
     async def send_settings(settings: TenantSettings) -> None:
         await p.topics["settings_out"].send(
