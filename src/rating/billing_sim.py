@@ -93,6 +93,8 @@ async def serve(
     consumer = AIOKafkaConsumer(
         commands_topic,
         bootstrap_servers=bootstrap,
+        # The group's rebalance timeout: a joining member waits this long for the others.
+        max_poll_interval_ms=10_000,
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=True,

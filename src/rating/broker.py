@@ -8,7 +8,6 @@ Production uses Apache Kafka; nothing else in the project depends on this module
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -151,4 +150,3 @@ def run_foreground(host: str, port: int) -> int:
         return 0
     finally:
         broker.stop()
-        os.environ.pop("RATING_BROKER_PID", None)

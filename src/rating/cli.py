@@ -84,6 +84,12 @@ def _platform_sim(args: argparse.Namespace) -> int:
     return run_platform_sim(args)
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from rating.replay import run_replay
+
+    return run_replay(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rating import offline
 
@@ -129,6 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("platform-sim", help="publish simulated CDRs like the telephony platform")
     platform_args(p)
     p.set_defaults(handler=_platform_sim)
+
+    from rating.replay import add_arguments as replay_args
+
+    rejected = sub.add_parser("rejected", help="operate on rating.rejected").add_subparsers(
+        dest="rejected_command", required=True, metavar="ACTION"
+    )
+    p = rejected.add_parser("replay", help="re-publish rejected messages to their source topic")
+    replay_args(p)
+    p.set_defaults(handler=_replay)
     return parser
 
 

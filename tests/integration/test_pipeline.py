@@ -225,3 +225,47 @@ def test_repartitioned_topic_keeps_tenant_on_one_partition(
     balance = Decimal(tenant(w, "hooli")["balance"])
     spent = sum(Decimal(v[0]["amount"]) for v in charges_by_id(env).values())
     assert balance == Decimal(10) - spent
+
+
+def test_replaying_rejections_after_the_cause_is_fixed_charges_once(
+    pipeline_env: Env, workers: list[Worker], tmp_path: Path
+) -> None:
+    env = pipeline_env
+    w = Worker(env, tmp_path)
+    workers.append(w)
+    w.start()
+    b = env.bootstrap
+    # The CDRs arrive before the tenant's settings: unknown_tenant.
+    produce(
+        b,
+        env.topic("cdr_audio"),
+        [cdr_msg("late", "l1"), cdr_msg("late", "l2"), (b"late", b"{broken")],
+    )
+    wait_until(lambda: len(read_json(b, env.topic("rejected"))) == 3, 30, "three rejections")
+    produce(b, env.topic("tenant_settings"), [settings_msg("late", "USD")])
+    wait_until(lambda: tenant(w, "late"), 30, "the tenant")
+
+    def replay() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "rating", "rejected", "replay", "--idle-seconds", "2"],
+            env=env.worker_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+
+    out = replay()
+    summary = json.loads(out.stdout.splitlines()[-1])["summary"]
+    assert summary == {"replayed:unknown_tenant": 2, "skipped:malformed": 1}
+    wait_until(lambda: {"l1", "l2"} <= set(charges_by_id(env)), 30, "the replayed charges")
+    # A second replay finds nothing new (progress is kept in the consumer group) ...
+    assert json.loads(replay().stdout.splitlines()[-1])["summary"] == {}
+    # ... and even re-publishing the same CDRs again does not charge them twice.
+    produce(b, env.topic("cdr_audio"), [cdr_msg("late", "l1")])
+    wait_until(
+        lambda: metric_value(w.metrics(), "rating_cdrs_duplicate_total") >= 1,
+        30,
+        "the duplicate to be dropped",
+    )
+    assert all(len(v) == 1 for v in charges_by_id(env).values())
