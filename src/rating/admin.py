@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rating.contracts import AutoRecharge, FundsEvent, FundsKind, TenantSettings
-from rating.ingest import describe_validation_error
+from rating.domain.validation import summarize_validation_error
 from rating.settings import SettingsError, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
@@ -120,7 +120,7 @@ def set_tenant(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         return _err(str(exc))
     except ValidationError as exc:
-        return _err(describe_validation_error(exc))
+        return _err(summarize_validation_error(exc))
     if model.auto_recharge.enabled and model.auto_recharge.recharge_amount <= Decimal(0):
         return _err("--recharge-amount must be > 0 when auto-recharge is on (or --disable)")
     publish(
@@ -173,7 +173,7 @@ def add_funds(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         return _err(str(exc))
     except ValidationError as exc:
-        return _err(describe_validation_error(exc))
+        return _err(summarize_validation_error(exc))
     except (urllib.error.URLError, OSError) as exc:
         return _err(f"cannot reach the worker for the currency: {exc}; give --currency")
     if event.amount <= 0:

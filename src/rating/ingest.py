@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from rating.contracts import CDR, FundsEvent, Rejection, RejectReason, TenantSettings
+from rating.domain.validation import summarize_validation_error
 
 Kind = Literal["cdr", "settings", "funds"]
 MODELS: dict[Kind, type[BaseModel]] = {"cdr": CDR, "settings": TenantSettings, "funds": FundsEvent}
@@ -73,15 +74,6 @@ class Envelope:
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
         return cls.from_dict(json.loads(data))
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """'field: problem; field: problem' naming every offending field."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(message)"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def make_rejection(
@@ -144,7 +136,7 @@ def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> En
                 source, text, RejectReason.MALFORMED, "value is JSON but not an object", now
             )
         return make_rejection(
-            source, text, RejectReason.SCHEMA, describe_validation_error(exc), now
+            source, text, RejectReason.SCHEMA, summarize_validation_error(exc), now
         )
     tenant_id: str = model.tenant_id  # type: ignore[attr-defined]
     if source.key is not None and source.key != tenant_id.encode():

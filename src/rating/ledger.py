@@ -64,7 +64,8 @@ from rating.domain.account import (
 )
 from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, rate_cdr
-from rating.ingest import Envelope, describe_validation_error, make_rejection
+from rating.domain.validation import summarize_validation_error
+from rating.ingest import Envelope, make_rejection
 
 Role = Literal["charges", "recharge", "balance", "rejected"]
 _ROLE_CODES: dict[Role, str] = {"charges": "c", "recharge": "r", "balance": "b", "rejected": "x"}
@@ -195,7 +196,7 @@ class Ledger:
         try:
             return model.model_validate_json(env.payload)
         except ValidationError as exc:  # ingest validated it; only a version skew gets here
-            return self._reject(env, RejectReason.SCHEMA, describe_validation_error(exc), now)
+            return self._reject(env, RejectReason.SCHEMA, summarize_validation_error(exc), now)
 
     def _replayed(
         self, marker: dict[str, Any], env: Envelope, tenant: str, duplicate_outcome: str

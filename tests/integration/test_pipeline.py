@@ -8,6 +8,8 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from tests.integration.harness import (
     SAMPLE_CARDS,
     Env,
@@ -269,3 +271,46 @@ def test_replaying_rejections_after_the_cause_is_fixed_charges_once(
         "the duplicate to be dropped",
     )
     assert all(len(v) == 1 for v in charges_by_id(env).values())
+
+
+def test_two_workers_share_tenants_and_answer_for_each_other(
+    pipeline_env: Env, workers: list[Worker], tmp_path: Path
+) -> None:
+    env = pipeline_env
+    a, c = Worker(env, tmp_path, 0), Worker(env, tmp_path, 1)
+    workers.extend([a, c])
+    a.start()
+    c.start()
+    names = [f"spread-{i}" for i in range(12)]
+    produce(env.bootstrap, env.topic("tenant_settings"), [settings_msg(t) for t in names])
+    wait_until(
+        lambda: all(tenant(a, t) for t in names), 60, "the tenants", fail=False
+    ) or pytest.fail(str([(t, http_get(f"{w.url}/tenants/{t}")) for t in names for w in (a, c)]))
+    produce(env.bootstrap, env.topic("cdr_audio"), [(None, cdr_msg(t, f"{t}-c")[1]) for t in names])
+    wait_until(lambda: len(charges_by_id(env)) == len(names), 60, "a charge per tenant")
+
+    def both_agree() -> dict[str, str] | None:
+        owners = {}
+        for t in names:
+            docs = [tenant(w, t) for w in (a, c)]
+            if None in docs or docs[0] != docs[1]:
+                return None
+            owners[t] = docs[0]["served_by"]
+        return owners
+
+    owners = wait_until(both_agree, 60, "both workers to give the same answer for every tenant")
+    # Tenants are spread over both workers, and each answer comes from the owner.
+    assert set(owners.values()) == {a.url, c.url}
+    charges = charges_by_id(env)
+    for t in names:
+        assert tenant(a, t)["balance"] == charges[f"{t}-c"][0]["balance_after"]
+    # The gauges are refreshed by a timer; each worker counts only the tenants it owns.
+    wait_until(
+        lambda: (
+            metric_value(a.metrics(), "rating_tenants")
+            + metric_value(c.metrics(), "rating_tenants")
+            == len(names)
+        ),
+        30,
+        "rating_tenants to add up over both workers",
+    )

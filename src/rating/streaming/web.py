@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from rating.contracts import AutoRecharge, FundsEvent, FundsKind, TenantSettings, format_money
 from rating.domain.account import Account
-from rating.ingest import describe_validation_error
+from rating.domain.validation import summarize_validation_error
 from rating.partitioning import partition_of
 
 if TYPE_CHECKING:
@@ -180,7 +180,9 @@ def register_views(p: Pipeline) -> None:
                 )
             except (ValidationError, ValueError) as exc:
                 detail = (
-                    describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+                    summarize_validation_error(exc)
+                    if isinstance(exc, ValidationError)
+                    else str(exc)
                 )
                 return self.json({"error": detail}, status=400)
             if event.kind not in (FundsKind.MANUAL_ADD, FundsKind.ADJUSTMENT):
@@ -216,7 +218,7 @@ def register_views(p: Pipeline) -> None:
                     ),
                 )
             except ValidationError as exc:
-                return self.json({"error": describe_validation_error(exc)}, status=400)
+                return self.json({"error": summarize_validation_error(exc)}, status=400)
             if auto.recharge_amount <= Decimal(0) and auto.enabled:
                 return self.json({"error": "recharge_amount must be > 0"}, status=400)
             settings = TenantSettings(
