@@ -192,6 +192,10 @@ class Ledger:
             outputs=[Output("rejected", env.source.key, _rejection_bytes(rej))],
         )
 
+    def _unknown_tenant(self, env: Envelope, tenant: str, now: datetime) -> Result:
+        detail = f"tenant_id {tenant!r} has no settings (no account)"
+        return self._reject(env, RejectReason.UNKNOWN_TENANT, detail, now)
+
     def _parse(self, env: Envelope, model: type[Any], now: datetime) -> Any:
         try:
             return model.model_validate_json(env.payload)
@@ -212,12 +216,7 @@ class Ledger:
         tenant = cdr.tenant_id
         account, lo = self._load(tenant)
         if account is None:
-            return self._reject(
-                env,
-                RejectReason.UNKNOWN_TENANT,
-                f"tenant_id {tenant!r} has no settings (no account)",
-                now,
-            )
+            return self._unknown_tenant(env, tenant, now)
         mkey = f"c/{tenant}/{cdr.cdr_id}"
         marker = self.store.get(mkey)
         if marker is not None:
@@ -278,12 +277,7 @@ class Ledger:
         tenant = event.tenant_id
         account, lo = self._load(tenant)
         if account is None:
-            return self._reject(
-                env,
-                RejectReason.UNKNOWN_TENANT,
-                f"tenant_id {tenant!r} has no settings (no account)",
-                now,
-            )
+            return self._unknown_tenant(env, tenant, now)
         mkey = f"f/{tenant}/{event.event_id}"
         marker = self.store.get(mkey)
         if marker is not None and lo >= marker["lo"]:

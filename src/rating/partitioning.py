@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 
 
 def partition_of(tenant: str, partitions: int) -> int:
-    return (murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(tenant.encode()) & 0x7FFFFFFF) % partitions

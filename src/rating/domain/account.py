@@ -246,6 +246,12 @@ class Account:
                 "trigger_balance": format_money(self.trigger_balance),
             },
             "outstanding_command": None if out is None else out.to_dict(),
+            # Extensions for operators (additive to the contract's fields).
+            "plan": self.plan,
+            "low_balance_alert": (
+                None if self.low_balance_alert is None else format_money(self.low_balance_alert)
+            ),
+            "recharge_failing": self.recharge_failing,
         }
 
 

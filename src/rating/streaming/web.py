@@ -19,7 +19,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from rating.contracts import AutoRecharge, FundsEvent, FundsKind, TenantSettings, format_money
-from rating.domain.account import Account
 from rating.domain.validation import summarize_validation_error
 from rating.partitioning import partition_of
 
@@ -27,34 +26,6 @@ if TYPE_CHECKING:
     from rating.streaming.app import Pipeline
 
 ROUTED_HEADER = "X-Rating-Routed"
-
-
-def tenant_document(account: Account) -> dict[str, Any]:
-    """The contract's tenant view (plus a few operator-friendly extensions)."""
-    out = account.outstanding
-    return {
-        "tenant_id": account.tenant_id,
-        "currency": account.currency,
-        "balance": format_money(account.balance),
-        "auto_recharge": {
-            "enabled": account.auto_recharge_enabled,
-            "recharge_amount": format_money(account.recharge_amount),
-            "trigger_balance": format_money(account.trigger_balance),
-        },
-        "outstanding_command": None
-        if out is None
-        else {
-            "command_id": out.command_id,
-            "amount": format_money(out.amount),
-            "issued_at": out.issued_at.isoformat().replace("+00:00", "Z"),
-            "attempt": out.attempt,
-        },
-        "plan": account.plan,
-        "low_balance_alert": (
-            None if account.low_balance_alert is None else format_money(account.low_balance_alert)
-        ),
-        "recharge_failing": account.recharge_failing,
-    }
 
 
 def register_views(p: Pipeline) -> None:
@@ -109,6 +80,19 @@ def register_views(p: Pipeline) -> None:
                 await resp.read(), content_type="application/json", status=resp.status
             )
 
+    async def admin_body(view: View, request: Request, path: str) -> dict[str, Any] | Response:
+        """Authorise, forward to the owner if need be, and parse the JSON object body."""
+        denied = admin_denied(view, request)
+        if denied is not None:
+            return denied
+        routed = await forward(view, request, path)
+        if routed is not None:
+            return routed
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            return view.json({"error": "body must be a JSON object"}, status=400)
+        return body
+
     async def read_json(request: Request) -> Any:
         try:
             return json.loads(await request.read() or b"{}")
@@ -143,7 +127,7 @@ def register_views(p: Pipeline) -> None:
             account = p.ledger.account(tenant_id)
             if account is None:
                 return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
-            doc = tenant_document(account)
+            doc = account.public_view()
             doc["served_by"] = local_url()
             doc["partition"] = partition_of(tenant_id, p.settings.partitions)
             return self.json(doc)
@@ -156,15 +140,9 @@ def register_views(p: Pipeline) -> None:
     @app.page("/tenants/{tenant_id}/funds")
     class FundsView(View):
         async def post(self, request: Request, tenant_id: str) -> Response:
-            denied = admin_denied(self, request)
-            if denied is not None:
-                return denied
-            routed = await forward(self, request, f"/tenants/{tenant_id}/funds")
-            if routed is not None:
-                return routed
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                return self.json({"error": "body must be a JSON object"}, status=400)
+            body = await admin_body(self, request, f"/tenants/{tenant_id}/funds")
+            if isinstance(body, Response):
+                return body
             account = p.ledger.account(tenant_id)
             currency = body.get("currency") or (account.currency if account else None)
             if currency is None:
@@ -195,15 +173,9 @@ def register_views(p: Pipeline) -> None:
     @app.page("/tenants/{tenant_id}/auto-recharge")
     class AutoRechargeView(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
-            denied = admin_denied(self, request)
-            if denied is not None:
-                return denied
-            routed = await forward(self, request, f"/tenants/{tenant_id}/auto-recharge")
-            if routed is not None:
-                return routed
-            body = await read_json(request)
-            if not isinstance(body, dict):
-                return self.json({"error": "body must be a JSON object"}, status=400)
+            body = await admin_body(self, request, f"/tenants/{tenant_id}/auto-recharge")
+            if isinstance(body, Response):
+                return body
             account = p.ledger.account(tenant_id)
             if account is None:
                 return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)

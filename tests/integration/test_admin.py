@@ -1,0 +1,265 @@
+"""Admin endpoints and the admin CLI (issue #5), against real workers on the embedded broker.
+
+Two workers with ``RATING_ADMIN_TOKEN`` are shared by the tests of this module (each test uses
+its own tenant ids); the "admin endpoints off" check gets its own worker without a token.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.harness import (
+    Env,
+    Worker,
+    http_get,
+    produce,
+    read_json,
+    settings_msg,
+    wait_until,
+)
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def request(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, JSON body); HTTP errors are answers here, not exceptions."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
+
+
+def tenant_doc(worker: Worker, tenant: str) -> dict[str, Any] | None:
+    status, body = http_get(f"{worker.url}/tenants/{tenant}")
+    return json.loads(body) if status == 200 else None
+
+
+@dataclass
+class Cluster:
+    env: Env
+    workers: list[Worker]
+
+    def by_url(self, url: str) -> Worker:
+        return next(w for w in self.workers if w.url == url.rstrip("/"))
+
+    def owner_and_other(self, tenant: str) -> tuple[Worker, Worker]:
+        """The worker owning the tenant's partition (per ``served_by``) and the other one."""
+
+        def agreed() -> str | None:
+            docs = [tenant_doc(w, tenant) for w in self.workers]
+            served = {d["served_by"] for d in docs if d is not None}
+            return served.pop() if len(served) == 1 and all(docs) else None
+
+        owner = self.by_url(wait_until(agreed, 60, f"both workers to agree on {tenant}'s owner"))
+        other = next(w for w in self.workers if w is not owner)
+        return owner, other
+
+    def create(self, tenant: str, **kw: Any) -> None:
+        produce(self.env.bootstrap, self.env.topic("tenant_settings"), [settings_msg(tenant, **kw)])
+        wait_until(lambda: tenant_doc(self.workers[0], tenant), 30, f"{tenant} to exist")
+
+
+@pytest.fixture(scope="module")
+def cluster(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    env = Env(bootstrap)
+    env.create_topics()
+    log_dir = tmp_path_factory.mktemp("admin")
+    workers = [Worker(env, log_dir, i, RATING_ADMIN_TOKEN=TOKEN) for i in range(2)]
+    try:
+        for w in workers:
+            w.start(wait_ready=False)
+        for w in workers:
+            w.wait_ready(90)
+        yield Cluster(env, workers)
+    finally:
+        for w in workers:
+            w.stop()
+
+
+def new_tenant(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+# --- 9 --------------------------------------------------------------------------------------
+
+
+def test_admin_endpoints_are_off_without_a_token(
+    pipeline_env: Env, workers: list[Worker], tmp_path: Path
+) -> None:
+    w = Worker(pipeline_env, tmp_path, 0)  # no RATING_ADMIN_TOKEN
+    workers.append(w)
+    w.start()
+    t = new_tenant("notoken")
+    produce(pipeline_env.bootstrap, pipeline_env.topic("tenant_settings"), [settings_msg(t)])
+    wait_until(lambda: tenant_doc(w, t), 30, f"{t} to exist")
+    for headers in ({}, AUTH):
+        status, _, body = request("POST", f"{w.url}/tenants/{t}/funds", {"amount": "5.00"}, headers)
+        assert status == 403, body
+        assert "RATING_ADMIN_TOKEN" in body["error"]
+        status, _, body = request(
+            "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": False}, headers
+        )
+        assert status == 403, body
+    assert tenant_doc(w, t)["balance"] == "0"  # type: ignore[index]
+    assert read_json(pipeline_env.bootstrap, pipeline_env.topic("funds")) == []
+
+
+def test_admin_endpoints_need_the_token_and_work_from_any_worker(cluster: Cluster) -> None:
+    t = new_tenant("admin")
+    cluster.create(t)
+    owner, other = cluster.owner_and_other(t)
+    funds_url = f"{other.url}/tenants/{t}/funds"
+
+    # Without the token, or with a wrong one: 401 and a challenge, on either worker.
+    for w in (other, owner):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            status, resp_headers, body = request(
+                "POST", f"{w.url}/tenants/{t}/funds", {"amount": "1.00"}, headers
+            )
+            assert status == 401, (headers, body)
+            assert resp_headers.get("WWW-Authenticate", "").startswith("Bearer"), resp_headers
+        status, resp_headers, _ = request(
+            "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": False}
+        )
+        assert status == 401
+        assert "WWW-Authenticate" in resp_headers
+
+    # Bad input is refused with the field named, before anything is published.
+    for bad in ({"amount": "12,50"}, {"amount": 12.5}, {}):
+        status, _, body = request("POST", funds_url, bad, AUTH)
+        assert status == 400, (bad, body)
+        assert "amount" in body["error"], body
+
+    # The right token, sent to the worker that does NOT own the tenant: forwarded, applied.
+    status, _, body = request("POST", funds_url, {"amount": "12.50"}, AUTH)
+    assert status == 202, body
+    assert body["accepted"] is True
+    wait_until(
+        lambda: (tenant_doc(owner, t) or {}).get("balance") == "12.50", 30, "the admin funds"
+    )
+    assert tenant_doc(other, t)["balance"] == "12.50"  # type: ignore[index]
+    funds = read_json(cluster.env.bootstrap, cluster.env.topic("funds"))
+    mine = [f for f in funds if f["tenant_id"] == t]
+    assert len(mine) == 1, mine  # the 401s and 400s published nothing
+    assert mine[0]["kind"] == "manual_add"
+    assert mine[0]["event_id"] == body["event_id"]
+    assert mine[0]["currency"] == "USD"
+
+    # Auto-recharge through the non-owner.
+    ar_url = f"{other.url}/tenants/{t}/auto-recharge"
+    wanted = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "10.00"}
+    status, _, body = request("PUT", ar_url, wanted, AUTH)
+    assert status == 202, body
+    wait_until(
+        lambda: (tenant_doc(owner, t) or {}).get("auto_recharge") == wanted,
+        30,
+        "the new auto-recharge settings",
+    )
+    for bad, field in (
+        ({"recharge_amount": "abc"}, "recharge_amount"),
+        ({"trigger_balance": 10}, "trigger_balance"),
+        ({"enabled": True, "recharge_amount": "0"}, "recharge_amount"),
+        ({"enabled": "yes"}, "enabled"),
+    ):
+        status, _, body = request("PUT", ar_url, bad, AUTH)
+        assert status == 400, (bad, body)
+        assert field in body["error"], (bad, body)
+    assert tenant_doc(owner, t)["auto_recharge"] == wanted  # type: ignore[index]
+
+    # Unknown tenant: 404 from the auto-recharge endpoint.
+    status, _, _ = request(
+        "PUT", f"{owner.url}/tenants/{new_tenant('nobody')}/auto-recharge", wanted, AUTH
+    )
+    assert status == 404
+
+    # The token never reaches the logs (bearer headers were sent and forwarded above).
+    for w in cluster.workers:
+        assert TOKEN not in w.log_path.read_text(errors="replace"), w.log_path
+
+
+# --- 10 -------------------------------------------------------------------------------------
+
+
+def rating_cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rating", *args],
+        env=env.worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_admin_cli_sets_a_tenant_adds_funds_and_shows_it(cluster: Cluster) -> None:
+    env = cluster.env
+    w0, w1 = cluster.workers
+    done = rating_cli(
+        env,
+        "tenants",
+        "set",
+        "acme",
+        "--currency",
+        "USD",
+        "--recharge-amount",
+        "50",
+        "--trigger",
+        "10",
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tenant_id"] == "acme"
+    wait_until(lambda: tenant_doc(w0, "acme"), 30, "acme to exist")
+
+    done = rating_cli(env, "funds", "add", "acme", "25.00", "--url", w0.url)
+    assert done.returncode == 0, done.stderr
+    event = json.loads(done.stdout)
+    assert (event["kind"], event["amount"], event["currency"]) == ("manual_add", "25.00", "USD")
+    wait_until(lambda: (tenant_doc(w0, "acme") or {}).get("balance") == "25.00", 30, "the funds")
+
+    for w in (w0, w1):  # either worker answers, whoever owns acme
+        done = rating_cli(env, "tenants", "show", "acme", "--url", w.url)
+        assert done.returncode == 0, done.stderr
+        shown = json.loads(done.stdout)
+        assert shown["balance"] == "25.00"
+        assert shown["auto_recharge"] == {
+            "enabled": True,
+            "recharge_amount": "50",
+            "trigger_balance": "10",
+        }
+
+    done = rating_cli(env, "tenants", "set", "acme-bad", "--currency", "usd")
+    assert done.returncode == 2
+    assert "currency" in done.stderr, done.stderr
+
+    done = rating_cli(env, "funds", "add", "acme", "-1", "--url", w0.url)
+    assert done.returncode == 2
+    assert "amount" in done.stderr, done.stderr
+
+    done = rating_cli(env, "tenants", "show", "nobody-here", "--url", w0.url)
+    assert done.returncode == 1
+
+    # Only the one good funds event was published; the refused commands published nothing.
+    funds = [f for f in read_json(env.bootstrap, env.topic("funds")) if f["tenant_id"] == "acme"]
+    assert len(funds) == 1, funds
+    settings = read_json(env.bootstrap, env.topic("tenant_settings"))
+    assert [s["tenant_id"] for s in settings if s["tenant_id"].startswith("acme")] == ["acme"]
+    assert tenant_doc(w1, "acme")["balance"] == "25.00"  # type: ignore[index]
