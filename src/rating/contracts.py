@@ -135,8 +135,11 @@ class RejectReason(StrEnum):
     # Extension: a CDR older than the dedup horizon can no longer be proven unique,
     # so it is parked for an operator instead of risking a double charge.
     STALE = "stale"
-    # Extension: the CDR's tenant bills in another currency than any card can rate.
+    # Extension: funds (or a settings change) in another currency than the tenant's.
     CURRENCY_MISMATCH = "currency_mismatch"
+    # Extension: processing this message raised an unexpected error (a bug). It is parked
+    # here, with its bytes, instead of stalling the partition; replay it after the fix.
+    INTERNAL_ERROR = "internal_error"
 
 
 class FundsKind(StrEnum):

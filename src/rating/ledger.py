@@ -34,6 +34,7 @@ Exactly once in effect, without Kafka transactions:
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,8 @@ from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import summarize_validation_error
 from rating.ingest import Envelope, make_rejection
+
+log = logging.getLogger(__name__)
 
 Role = Literal["charges", "recharge", "balance", "rejected"]
 _ROLE_CODES: dict[Role, str] = {"charges": "c", "recharge": "r", "balance": "b", "rejected": "x"}
@@ -178,11 +181,19 @@ class Ledger:
     # --- messages -------------------------------------------------------------------------
 
     def handle(self, env: Envelope, partition: int, offset: int, now: datetime) -> Result:
-        if env.kind == "cdr":
-            return self._cdr(env, partition, offset, now)
-        if env.kind == "funds":
-            return self._funds(env, partition, offset, now)
-        return self._settings(env, partition, offset, now)
+        try:
+            if env.kind == "cdr":
+                return self._cdr(env, partition, offset, now)
+            if env.kind == "funds":
+                return self._funds(env, partition, offset, now)
+            return self._settings(env, partition, offset, now)
+        except Exception as exc:
+            # A bug must not stall the tenant's partition. State is written only after all
+            # checks (marker, then account), so at worst the marker exists and a replay of
+            # the parked message completes the debit through the repair path.
+            log.exception("ledger failed on %s", env.source.ref)
+            detail = f"internal error {type(exc).__name__}: {exc}"
+            return self._reject(env, RejectReason.INTERNAL_ERROR, detail, now)
 
     def _reject(self, env: Envelope, reason: RejectReason, detail: str, now: datetime) -> Result:
         rej = make_rejection(env.source, env.payload, reason, detail, now)

@@ -80,6 +80,18 @@ class Metrics:
             ["currency", "kind"],
             registry=r,
         )
+        self.funds_debited = Counter(
+            "rating_funds_debited_total",
+            "Sum of negative adjustments applied to balances, in currency units (positive).",
+            ["currency", "kind"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "rating_internal_errors_total",
+            "Messages parked in the rejected topic because processing raised an error.",
+            ["stage"],
+            registry=r,
+        )
         self.funds_events = Counter(
             "rating_funds_events_total",
             "Funds events applied or dropped as duplicates.",

@@ -53,6 +53,12 @@ def tenant_doc(worker: Worker, tenant: str) -> dict[str, Any] | None:
     return json.loads(body) if status == 200 else None
 
 
+def existing(worker: Worker, tenant: str) -> dict[str, Any]:
+    doc = tenant_doc(worker, tenant)
+    assert doc is not None, (worker.url, tenant)
+    return doc
+
+
 @dataclass
 class Cluster:
     env: Env
@@ -99,9 +105,6 @@ def new_tenant(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}"
 
 
-# --- 9 --------------------------------------------------------------------------------------
-
-
 def test_admin_endpoints_are_off_without_a_token(
     pipeline_env: Env, workers: list[Worker], tmp_path: Path
 ) -> None:
@@ -116,56 +119,72 @@ def test_admin_endpoints_are_off_without_a_token(
         assert status == 403, body
         assert "RATING_ADMIN_TOKEN" in body["error"]
         status, _, body = request(
-            "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": False}, headers
+            "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": True}, headers
         )
         assert status == 403, body
-    assert tenant_doc(w, t)["balance"] == "0"  # type: ignore[index]
     assert read_json(pipeline_env.bootstrap, pipeline_env.topic("funds")) == []
+    settings = read_json(pipeline_env.bootstrap, pipeline_env.topic("tenant_settings"))
+    assert len(settings) == 1, settings  # nothing published by the refused PUTs
 
 
-def test_admin_endpoints_need_the_token_and_work_from_any_worker(cluster: Cluster) -> None:
-    t = new_tenant("admin")
+def test_admin_endpoints_refuse_a_missing_or_wrong_token(cluster: Cluster) -> None:
+    t = new_tenant("noauth")
     cluster.create(t)
-    owner, other = cluster.owner_and_other(t)
-    funds_url = f"{other.url}/tenants/{t}/funds"
-
-    # Without the token, or with a wrong one: 401 and a challenge, on either worker.
-    for w in (other, owner):
+    for w in cluster.workers:  # owner and non-owner alike
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
             status, resp_headers, body = request(
                 "POST", f"{w.url}/tenants/{t}/funds", {"amount": "1.00"}, headers
             )
-            assert status == 401, (headers, body)
+            assert status == 401, (w.url, headers, body)
             assert resp_headers.get("WWW-Authenticate", "").startswith("Bearer"), resp_headers
-        status, resp_headers, _ = request(
-            "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": False}
-        )
-        assert status == 401
-        assert "WWW-Authenticate" in resp_headers
+            status, resp_headers, body = request(
+                "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": True}, headers
+            )
+            assert status == 401, (w.url, headers, body)
+            assert resp_headers.get("WWW-Authenticate", "").startswith("Bearer"), resp_headers
+    funds = read_json(cluster.env.bootstrap, cluster.env.topic("funds"))
+    assert [f for f in funds if f["tenant_id"] == t] == []
+    published = read_json(cluster.env.bootstrap, cluster.env.topic("tenant_settings"))
+    assert len([s for s in published if s["tenant_id"] == t]) == 1, published
+
+
+def _assert_token_not_logged(cluster: Cluster) -> None:
+    for w in cluster.workers:
+        assert TOKEN not in w.log_path.read_text(errors="replace"), w.log_path
+
+
+def test_admin_calls_with_the_token_on_the_owner(cluster: Cluster) -> None:
+    t = new_tenant("owner")
+    cluster.create(t)
+    owner, _ = cluster.owner_and_other(t)
 
     # Bad input is refused with the field named, before anything is published.
+    funds_url = f"{owner.url}/tenants/{t}/funds"
     for bad in ({"amount": "12,50"}, {"amount": 12.5}, {}):
         status, _, body = request("POST", funds_url, bad, AUTH)
         assert status == 400, (bad, body)
         assert "amount" in body["error"], body
 
-    # The right token, sent to the worker that does NOT own the tenant: forwarded, applied.
     status, _, body = request("POST", funds_url, {"amount": "12.50"}, AUTH)
     assert status == 202, body
     assert body["accepted"] is True
     wait_until(
         lambda: (tenant_doc(owner, t) or {}).get("balance") == "12.50", 30, "the admin funds"
     )
-    assert tenant_doc(other, t)["balance"] == "12.50"  # type: ignore[index]
-    funds = read_json(cluster.env.bootstrap, cluster.env.topic("funds"))
-    mine = [f for f in funds if f["tenant_id"] == t]
-    assert len(mine) == 1, mine  # the 401s and 400s published nothing
-    assert mine[0]["kind"] == "manual_add"
+    mine = [
+        f
+        for f in read_json(cluster.env.bootstrap, cluster.env.topic("funds"))
+        if f["tenant_id"] == t
+    ]
+    assert len(mine) == 1, mine  # the 400s published nothing
+    assert (mine[0]["kind"], mine[0]["amount"], mine[0]["currency"]) == (
+        "manual_add",
+        "12.50",
+        "USD",
+    )
     assert mine[0]["event_id"] == body["event_id"]
-    assert mine[0]["currency"] == "USD"
 
-    # Auto-recharge through the non-owner.
-    ar_url = f"{other.url}/tenants/{t}/auto-recharge"
+    ar_url = f"{owner.url}/tenants/{t}/auto-recharge"
     wanted = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "10.00"}
     status, _, body = request("PUT", ar_url, wanted, AUTH)
     assert status == 202, body
@@ -183,20 +202,48 @@ def test_admin_endpoints_need_the_token_and_work_from_any_worker(cluster: Cluste
         status, _, body = request("PUT", ar_url, bad, AUTH)
         assert status == 400, (bad, body)
         assert field in body["error"], (bad, body)
-    assert tenant_doc(owner, t)["auto_recharge"] == wanted  # type: ignore[index]
+    published = read_json(cluster.env.bootstrap, cluster.env.topic("tenant_settings"))
+    assert len([s for s in published if s["tenant_id"] == t]) == 2  # create + the one PUT
+    assert existing(owner, t)["auto_recharge"] == wanted
+    _assert_token_not_logged(cluster)
 
-    # Unknown tenant: 404 from the auto-recharge endpoint.
-    status, _, _ = request(
-        "PUT", f"{owner.url}/tenants/{new_tenant('nobody')}/auto-recharge", wanted, AUTH
+
+def test_admin_calls_to_the_worker_that_does_not_own_the_tenant_are_forwarded(
+    cluster: Cluster,
+) -> None:
+    t = new_tenant("fwd")
+    cluster.create(t)
+    owner, other = cluster.owner_and_other(t)
+
+    status, _, body = request("POST", f"{other.url}/tenants/{t}/funds", {"amount": "7.25"}, AUTH)
+    assert status == 202, body
+    wait_until(lambda: (tenant_doc(owner, t) or {}).get("balance") == "7.25", 30, "the funds")
+    assert existing(other, t)["balance"] == "7.25"
+    mine = [
+        f
+        for f in read_json(cluster.env.bootstrap, cluster.env.topic("funds"))
+        if f["tenant_id"] == t
+    ]
+    assert [f["event_id"] for f in mine] == [body["event_id"]]
+
+    status, _, body = request("POST", f"{other.url}/tenants/{t}/funds", {"amount": "x"}, AUTH)
+    assert status == 400, body
+    assert "amount" in body["error"]
+
+    wanted = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "10.00"}
+    status, _, body = request("PUT", f"{other.url}/tenants/{t}/auto-recharge", wanted, AUTH)
+    assert status == 202, body
+    wait_until(
+        lambda: (tenant_doc(other, t) or {}).get("auto_recharge") == wanted,
+        30,
+        "the new auto-recharge settings",
     )
-    assert status == 404
-
-    # The token never reaches the logs (bearer headers were sent and forwarded above).
-    for w in cluster.workers:
-        assert TOKEN not in w.log_path.read_text(errors="replace"), w.log_path
-
-
-# --- 10 -------------------------------------------------------------------------------------
+    status, _, body = request(
+        "PUT", f"{other.url}/tenants/{t}/auto-recharge", {"trigger_balance": "1,0"}, AUTH
+    )
+    assert status == 400, body
+    assert "trigger_balance" in body["error"]
+    _assert_token_not_logged(cluster)
 
 
 def rating_cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
@@ -262,4 +309,4 @@ def test_admin_cli_sets_a_tenant_adds_funds_and_shows_it(cluster: Cluster) -> No
     assert len(funds) == 1, funds
     settings = read_json(env.bootstrap, env.topic("tenant_settings"))
     assert [s["tenant_id"] for s in settings if s["tenant_id"].startswith("acme")] == ["acme"]
-    assert tenant_doc(w1, "acme")["balance"] == "25.00"  # type: ignore[index]
+    assert existing(w1, "acme")["balance"] == "25.00"

@@ -1045,3 +1045,25 @@ def test_tenant_of_extracts_the_tenant_from_every_key_kind() -> None:
 
 def test_output_is_a_plain_value() -> None:
     assert Output("charges", "t1", b"x") == Output("charges", "t1", b"x")
+
+
+def test_an_unexpected_error_parks_the_message_as_internal_error_without_touching_state() -> None:
+    def broken_rates() -> RateBook:
+        raise RuntimeError("rate book exploded")
+
+    store: dict[str, Any] = {}
+    ledger = Ledger(store, broken_rates, POLICY, HORIZON)
+    ledger.handle(envelope("settings", settings_doc(), src_offset=0), 0, 0, T0)
+    before = dict(store)
+    doc = cdr_doc("c1")
+    result = ledger.handle(envelope("cdr", doc, src_offset=1), 0, 1, T0)
+    assert result.reason is RejectReason.INTERNAL_ERROR
+    rej = Rejection.model_validate_json(only(result, "rejected"))
+    assert "RuntimeError: rate book exploded" in rej.detail
+    assert json.loads(rej.payload) == doc  # the original bytes, ready to replay after a fix
+    assert store == before
+    # The next message is processed normally: the partition is not stalled.
+    ok = Ledger(store, lambda: BOOK, POLICY, HORIZON).handle(
+        envelope("cdr", doc, src_offset=2), 0, 2, T0
+    )
+    assert ok.outcome == "charged"

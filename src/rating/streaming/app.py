@@ -24,10 +24,10 @@ from faust.types import TP
 from prometheus_client import disable_created_metrics
 
 from rating import __version__
-from rating.contracts import Rejection
+from rating.contracts import Rejection, RejectReason
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
-from rating.ingest import Envelope, Kind, Source, validate
+from rating.ingest import Envelope, Kind, Source, make_rejection, validate
 from rating.ledger import Ledger, Output, Result, tenant_of
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
@@ -151,6 +151,8 @@ class Pipeline:
             return self.ledger.tick(msg.partition, msg.offset, now), None
         env = Envelope.from_dict(data)
         result = self.ledger.handle(env, msg.partition, msg.offset, now)
+        if result.reason is RejectReason.INTERNAL_ERROR:
+            self.metrics.internal_errors.labels("ledger").inc()
         if result.reason is not None:
             self.metrics.cdrs_rejected.labels(env.source.topic, result.reason.value).inc()
         return result, data.get("it")
@@ -183,8 +185,10 @@ class Pipeline:
             f = result.funds
             dup = result.outcome == "funds_duplicate"
             m.funds_events.labels(f.kind.value, "duplicate" if dup else "applied").inc()
-            if result.outcome == "funds" and f.kind.value != "recharge_failed":
+            if result.outcome == "funds" and f.amount > 0:
                 m.funds_credited.labels(f.currency, f.kind.value).inc(float(f.amount))
+            elif result.outcome == "funds" and f.amount < 0:  # counters only go up
+                m.funds_debited.labels(f.currency, f.kind.value).inc(float(-f.amount))
         for effects in result.effects:
             for outcome in effects.recharge_outcomes:
                 m.recharge_commands.labels(outcome).inc()
@@ -309,7 +313,18 @@ def _register_agents(p: Pipeline) -> None:
             kind = p.kind_by_topic[msg.topic]
             if kind == "cdr":
                 m.cdrs_consumed.labels(msg.topic).inc()
-            checked = validate(kind, source, msg.value, utcnow())
+            try:
+                checked = validate(kind, source, msg.value, utcnow())
+            except Exception as exc:  # a bug: park the message, keep the partition moving
+                log.exception("ingest failed at %s", source.ref)
+                m.internal_errors.labels("ingest").inc()
+                checked = make_rejection(
+                    source,
+                    msg.value or b"",
+                    RejectReason.INTERNAL_ERROR,
+                    f"{type(exc).__name__}: {exc}",
+                    utcnow(),
+                )
             if isinstance(checked, Rejection):
                 m.cdrs_rejected.labels(msg.topic, checked.reason.value).inc()
                 await p.topics["rejected"].send(
@@ -335,7 +350,10 @@ def _register_agents(p: Pipeline) -> None:
             await p.store.durable()
             await p.publish(outputs)
             for result, started in done:
-                p.count_result(result, started)
+                try:
+                    p.count_result(result, started)
+                except Exception:  # a metric must never stop the money path
+                    log.exception("updating metrics failed for outcome %s", result.outcome)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
 

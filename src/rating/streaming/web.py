@@ -81,7 +81,11 @@ def register_views(p: Pipeline) -> None:
             )
 
     async def admin_body(view: View, request: Request, path: str) -> dict[str, Any] | Response:
-        """Authorise, forward to the owner if need be, and parse the JSON object body."""
+        """Authorise, forward to the owner if need be, and parse the JSON object body.
+
+        Returns the body (a dict) to act on, or a response to send as is. (faust.web's
+        Response is an abstract type aiohttp's responses do not inherit, so callers test
+        for the dict.)"""
         denied = admin_denied(view, request)
         if denied is not None:
             return denied
@@ -141,7 +145,7 @@ def register_views(p: Pipeline) -> None:
     class FundsView(View):
         async def post(self, request: Request, tenant_id: str) -> Response:
             body = await admin_body(self, request, f"/tenants/{tenant_id}/funds")
-            if isinstance(body, Response):
+            if not isinstance(body, dict):  # a refusal or the owner's answer
                 return body
             account = p.ledger.account(tenant_id)
             currency = body.get("currency") or (account.currency if account else None)
@@ -174,7 +178,7 @@ def register_views(p: Pipeline) -> None:
     class AutoRechargeView(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
             body = await admin_body(self, request, f"/tenants/{tenant_id}/auto-recharge")
-            if isinstance(body, Response):
+            if not isinstance(body, dict):  # a refusal or the owner's answer
                 return body
             account = p.ledger.account(tenant_id)
             if account is None:
