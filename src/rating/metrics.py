@@ -145,6 +145,18 @@ class Metrics:
             buckets=_EVENT_LAG_BUCKETS,
             registry=r,
         )
+        self.ledger_batch_size = Histogram(
+            "rating_ledger_batch_size",
+            "Ledger records applied per batch (one changelog flush).",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+            registry=r,
+        )
+        self.ledger_flush_seconds = Histogram(
+            "rating_ledger_flush_seconds",
+            "Waiting for the broker to ack a batch's changelog records (and seals).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "rating_consumer_lag_messages",
             "Messages behind the partition's high watermark, per owned input partition.",

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # Write one seal record per changelog partition after each batch, for brokers that
     # report a stale end offset (the embedded Tansu does); see streaming/store.py.
     changelog_seal: bool = True
+    # How long a fetch may wait for data; bounds the latency of each of the two hops on
+    # brokers that do not answer long polls early (the embedded Tansu).
+    fetch_max_wait_ms: Annotated[int, Field(ge=1, le=30000)] = 100
     # Ledger batches: up to this many records or this long, then one changelog flush.
     batch_max: Annotated[int, Field(ge=1, le=10000)] = 500
     batch_seconds: Annotated[float, Field(gt=0, le=5)] = 0.05

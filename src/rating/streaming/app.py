@@ -32,7 +32,7 @@ from rating.ledger import Ledger, Output, Result, tenant_of
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
-from rating.streaming.durability import drain_producer_buffer_before_commit
+from rating.streaming.durability import drain_producer_buffer_before_commit, set_fetch_max_wait
 from rating.streaming.store import SEAL_PREFIX, TableStore
 
 log = logging.getLogger("rating.worker")
@@ -229,6 +229,7 @@ def _faust_app(settings: Settings) -> faust.App:
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
     """Build the worker. Raises RateCardError for a bad rate-card file (start-up check)."""
     drain_producer_buffer_before_commit()
+    set_fetch_max_wait(settings.fetch_max_wait_ms)
     # One series per counter, not two: the *_created series double the scrape for nothing.
     disable_created_metrics()
     metrics = metrics or Metrics()
@@ -347,7 +348,10 @@ def _register_agents(p: Pipeline) -> None:
                 result, started = p.apply(event.message)
                 outputs.extend(result.outputs)
                 done.append((result, started))
+            flush_started = time.perf_counter()
             await p.store.durable()
+            m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
+            m.ledger_batch_size.observe(len(events))
             await p.publish(outputs)
             for result, started in done:
                 try:
