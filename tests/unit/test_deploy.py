@@ -467,6 +467,7 @@ def rules(filename: str) -> list[dict[str, Any]]:
 def test_alerts_are_complete_and_documented() -> None:
     alerts = [rule for rule in rules("alerts.yml") if "alert" in rule]
     names = {rule["alert"] for rule in alerts}
+    readme = (ROOT / "README.md").read_text()
     assert names >= EXPECTED_ALERTS, f"missing alerts: {EXPECTED_ALERTS - names}"
     for rule in alerts:
         name = rule["alert"]
@@ -476,6 +477,7 @@ def test_alerts_are_complete_and_documented() -> None:
         assert annotations["description"], name
         # The README's Operating section has one heading per alert, named like the alert.
         assert annotations["runbook"] == f"README.md#{name.lower()}", name
+        assert f"\n### {name}\n" in readme, f"README.md has no '### {name}' section"
 
 
 def test_rules_reference_only_real_metrics() -> None:
