@@ -251,12 +251,21 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, by
     asyncio.run(go())
 
 
-def read_topic(
-    bootstrap: str, topic: str, timeout: float = 5.0
-) -> list[tuple[bytes | None, bytes]]:
-    """Everything currently in ``topic`` (all partitions, from the beginning)."""
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    timestamp: datetime
+    key: bytes | None
+    value: bytes
 
-    async def go() -> list[tuple[bytes | None, bytes]]:
+
+def read_records(
+    bootstrap: str, topic: str, partitions: set[int] | None = None, timeout: float = 15.0
+) -> list[Record]:
+    """Everything in ``topic`` (or some of its partitions), with partition and timestamp."""
+
+    async def go() -> list[Record]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
         )
@@ -266,29 +275,45 @@ def read_topic(
             if not parts:
                 await consumer._client.force_metadata_update()
                 parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in parts]
+            tps = [
+                TopicPartition(topic, p)
+                for p in sorted(parts)
+                if partitions is None or p in partitions
+            ]
             if not tps:
                 return []
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             ends = await consumer.end_offsets(tps)
-            out: list[tuple[bytes | None, bytes]] = []
+            out: list[Record] = []
             deadline = time.monotonic() + timeout
-
-            async def behind() -> bool:
-                return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-            while await behind():
+            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"could not read {topic} to its end in {timeout}s")
                 batch = await consumer.getmany(timeout_ms=200)
-                for msgs in batch.values():
-                    out.extend((m.key, m.value) for m in msgs)
+                for tp, msgs in batch.items():
+                    out.extend(
+                        Record(
+                            tp.partition,
+                            m.offset,
+                            datetime.fromtimestamp(m.timestamp / 1000, UTC),
+                            m.key,
+                            m.value,
+                        )
+                        for m in msgs
+                    )
             return out
         finally:
             await consumer.stop()
 
     return asyncio.run(go())
+
+
+def read_topic(
+    bootstrap: str, topic: str, timeout: float = 15.0
+) -> list[tuple[bytes | None, bytes]]:
+    """Everything currently in ``topic`` (all partitions, from the beginning): (key, value)."""
+    return [(r.key, r.value) for r in read_records(bootstrap, topic, timeout=timeout)]
 
 
 def read_json(bootstrap: str, topic: str) -> list[dict[str, Any]]:

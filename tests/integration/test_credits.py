@@ -10,7 +10,6 @@ own worker. Every wait polls a condition against a deadline; money is compared a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -20,7 +19,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rating.partitioning import partition_of
 from tests.integration.harness import (
@@ -42,6 +39,7 @@ from tests.integration.harness import (
     metric_value,
     produce,
     read_json,
+    read_records,
     settings_msg,
     wait_until,
 )
@@ -65,64 +63,6 @@ def new_tenant(label: str) -> str:
 
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Record:
-    partition: int
-    offset: int
-    timestamp: datetime
-    key: bytes | None
-    value: bytes
-
-
-def read_records(
-    bootstrap: str, topic: str, partitions: set[int] | None = None, timeout: float = 15.0
-) -> list[Record]:
-    """Everything in ``topic`` (or some of its partitions), with partition and timestamp."""
-
-    async def go() -> list[Record]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [
-                TopicPartition(topic, p)
-                for p in sorted(parts)
-                if partitions is None or p in partitions
-            ]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            out: list[Record] = []
-            deadline = time.monotonic() + timeout
-            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"could not read {topic} to its end in {timeout}s")
-                batch = await consumer.getmany(timeout_ms=200)
-                for tp, msgs in batch.items():
-                    out.extend(
-                        Record(
-                            tp.partition,
-                            m.offset,
-                            datetime.fromtimestamp(m.timestamp / 1000, UTC),
-                            m.key,
-                            m.value,
-                        )
-                        for m in msgs
-                    )
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(go())
 
 
 @dataclass
