@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_TOKEN_LENGTH = 16
 _HOST_PORT = r"^[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*$"
 
 
@@ -80,6 +81,14 @@ class Settings(BaseSettings):
     rebalance_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     heartbeat_seconds: Annotated[float, Field(gt=0)] = 1.0
     commit_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty or short token would turn "admin endpoints on" into "anyone is admin".
+        if value is not None and len(value.get_secret_value().strip()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"must be at least {MIN_TOKEN_LENGTH} characters (or unset)")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -29,7 +29,7 @@ from tests.integration.harness import (
     wait_until,
 )
 
-TOKEN = "s3cret"
+TOKEN = "s3cret-admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 

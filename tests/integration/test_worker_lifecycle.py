@@ -48,6 +48,7 @@ def run_worker_expecting_failure(env: Env, **extra: str) -> subprocess.Completed
         ({"RATING_WEB_PORT": "http"}, ["RATING_WEB_PORT"]),
         ({"RATING_KAFKA_BOOTSTRAP": "no-port-here"}, ["RATING_KAFKA_BOOTSTRAP"]),
         ({"RATING_DEDUP_HORIZON_HOURS": "0"}, ["RATING_DEDUP_HORIZON_HOURS"]),
+        ({"RATING_ADMIN_TOKEN": "short"}, ["RATING_ADMIN_TOKEN", "at least 16"]),
     ],
 )
 def test_bad_settings_stop_the_worker_with_a_message(
@@ -57,6 +58,8 @@ def test_bad_settings_stop_the_worker_with_a_message(
     assert result.returncode == 2, result.stderr
     for needle in needles:
         assert needle in result.stderr
+    if "RATING_ADMIN_TOKEN" in extra:
+        assert extra["RATING_ADMIN_TOKEN"] not in result.stderr, "a secret was echoed"
 
 
 def test_bad_rate_card_file_names_file_card_and_field(pipeline_env: Env, tmp_path: Path) -> None:
