@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -387,26 +387,6 @@ class Ledger:
             sum(s[2] for s in rows),
             sum(s[3] for s in rows),
         )
-
-
-def changelog_order(writes: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """The order in which one batch's store writes go to the changelog.
-
-    Every marker write as it was made, then each touched account once, with its final
-    value. Fewer records than writing each account per message, and still safe for any
-    crash prefix: a kept marker whose account update was lost is completed by the repair
-    path when its message is redelivered (the batch's offsets are committed only after all
-    of it is durable). ``tests/unit/test_ledger.py`` replays every prefix of this order.
-    """
-    accounts: dict[str, Any] = {}
-    ordered: list[tuple[str, Any]] = []
-    for key, value in writes:
-        if key.startswith("a/"):
-            accounts.pop(key, None)  # keep the final value, in last-written order
-            accounts[key] = value
-        else:
-            ordered.append((key, value))
-    return ordered + list(accounts.items())
 
 
 def tenant_of(key: str) -> str:

@@ -33,7 +33,7 @@ from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook
 from rating.domain.rating import rate_cdr
 from rating.ingest import Envelope, Kind, Source, validate
-from rating.ledger import EXPIRY_GRACE, Ledger, Output, Result, changelog_order, tenant_of
+from rating.ledger import EXPIRY_GRACE, Ledger, Output, Result, tenant_of
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 HORIZON = timedelta(days=7)
@@ -653,62 +653,6 @@ def test_every_crash_prefix_then_replay_from_commit_point_debits_once() -> None:
         check_exactly_once(scenario, store, {})
 
 
-def batched_changelog(scenario: Scenario, batch: int) -> tuple[list[tuple[str, Any]], list[int]]:
-    """The changelog the worker writes: each batch's writes in ``changelog_order``.
-
-    Also returns, for each batch, the changelog length once it is all written (the batch's
-    offsets are committed only then).
-    """
-    recorder = Changelog()
-    ledger = new_ledger(recorder)
-    log: list[tuple[str, Any]] = []
-    ends: list[int] = []
-    for start in range(0, len(scenario.messages), batch):
-        before = len(recorder.log)
-        for offset in range(start, min(start + batch, len(scenario.messages))):
-            ledger.handle(scenario.messages[offset], 0, offset, T0)
-        log += changelog_order(recorder.log[before:])
-        ends.append(len(log))
-    return log, ends
-
-
-@pytest.mark.parametrize("batch", [1, 2, 3, 5, 12])
-def test_every_crash_prefix_of_the_batched_changelog_order_debits_once(batch: int) -> None:
-    scenario = fixed_scenario()
-    log, ends = batched_changelog(scenario, batch)
-    # Coalescing writes each touched account once per batch: fewer records than per message.
-    assert len(log) <= 18
-    for keep in range(len(log) + 1):
-        # Redelivery starts at the first batch not wholly in the changelog.
-        commit = next((i * batch for i, end in enumerate(ends) if end > keep), len(ends) * batch)
-        commit = min(commit, len(scenario.messages))
-        for start in (0, commit):
-            store = Changelog(log[:keep])
-            run(new_ledger(store), scenario.messages, start, T0 + timedelta(hours=1))
-            check_exactly_once(scenario, store, {})
-
-
-def test_changelog_order_keeps_markers_in_order_then_each_account_once() -> None:
-    writes = [
-        ("c/t1/a", 1),
-        ("a/t1", "x1"),
-        ("c/t2/b", 2),
-        ("a/t2", "y1"),
-        ("c/t1/c", 3),
-        ("a/t1", "x2"),
-        ("s/t2", 4),
-        ("a/t2", "y2"),
-    ]
-    assert changelog_order(writes) == [
-        ("c/t1/a", 1),
-        ("c/t2/b", 2),
-        ("c/t1/c", 3),
-        ("s/t2", 4),
-        ("a/t1", "x2"),
-        ("a/t2", "y2"),
-    ]
-
-
 @st.composite
 def scenarios(draw: st.DrawFn) -> Scenario:
     s = Scenario()
@@ -744,8 +688,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 def test_random_crashes_and_redeliveries_never_double_charge(
     scenario: Scenario, data: st.DataObject
 ) -> None:
-    batch = data.draw(st.sampled_from([1, 4, 50]), label="batch")
-    changelog = Changelog(batched_changelog(scenario, batch)[0])
+    changelog = Changelog()
+    run(new_ledger(changelog), scenario.messages, 0, T0)
     # Up to three crashes, each keeping a prefix of the changelog (the later ones may hit the
     # recovery itself), each followed by redelivery of everything from offset 0.
     for round_ in range(data.draw(st.integers(1, 3), label="crashes")):

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,38 +159,9 @@ class Pipeline:
 
     # --- publishing -----------------------------------------------------------------------
 
-    async def send(self, role: str, key: bytes | None, value: bytes) -> Awaitable[Any]:
-        """Hand ready bytes to the Kafka producer; returns the delivery future to await.
-
-        No per-message Faust send path: the bytes are final already. Partitioned by key,
-        like Faust's topics.
-        """
-        topic = self.topics[role].get_topic_name()
-        return await self.app.producer.send(topic, key, value, None, None, None)
-
-    def route(self, msg: Any) -> tuple[str, bytes | None, bytes]:
-        """ingest: one input record -> (role, key, value) for the ledger or rejected topic."""
-        m = self.metrics
-        source = Source(msg.topic, msg.partition, msg.offset, msg.key)
-        kind = self.kind_by_topic[msg.topic]
-        if kind == "cdr":
-            m.cdrs_consumed.labels(msg.topic).inc()
-        try:
-            checked = validate(kind, source, msg.value, utcnow())
-        except Exception as exc:  # a bug: park the message, keep the partition moving
-            log.exception("ingest failed at %s", source.ref)
-            m.internal_errors.labels("ingest").inc()
-            checked = make_rejection(
-                source,
-                msg.value or b"",
-                RejectReason.INTERNAL_ERROR,
-                f"{type(exc).__name__}: {exc}",
-                utcnow(),
-            )
-        if isinstance(checked, Rejection):
-            m.cdrs_rejected.labels(msg.topic, checked.reason.value).inc()
-            return "rejected", msg.key, checked.model_dump_json().encode()
-        return "ledger", checked.tenant_id.encode(), _with_ingest_time(checked)
+    async def publish(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            await self.topics[out.role].send(key=out.key, value=out.value)
 
     def count_result(self, result: Result, started: float | None) -> None:
         m = self.metrics
@@ -280,7 +250,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
         key_type=str,
         help="Accounts and dedup markers by tenant.",
     )
-    store = TableStore(table, lambda: app.producer)
+    store = TableStore(table)
     store.seal = settings.changelog_seal
     ledger = Ledger(
         store, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours)
@@ -338,12 +308,33 @@ def _register_agents(p: Pipeline) -> None:
 
     @app.agent(p.topics["inputs"], name="ingest")
     async def ingest(stream: Any) -> None:
-        # Per event, through Faust's topic send (it fails the worker on a send error before
-        # the offset can be committed). A take_events batch here stalled after repeated
-        # SIGKILL rebalances in tests/integration/test_crash_safety.py.
         async for event in stream.events():
-            role, key, value = p.route(event.message)
-            await p.topics[role].send(key=key, value=value)
+            msg = event.message
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            kind = p.kind_by_topic[msg.topic]
+            if kind == "cdr":
+                m.cdrs_consumed.labels(msg.topic).inc()
+            try:
+                checked = validate(kind, source, msg.value, utcnow())
+            except Exception as exc:  # a bug: park the message, keep the partition moving
+                log.exception("ingest failed at %s", source.ref)
+                m.internal_errors.labels("ingest").inc()
+                checked = make_rejection(
+                    source,
+                    msg.value or b"",
+                    RejectReason.INTERNAL_ERROR,
+                    f"{type(exc).__name__}: {exc}",
+                    utcnow(),
+                )
+            if isinstance(checked, Rejection):
+                m.cdrs_rejected.labels(msg.topic, checked.reason.value).inc()
+                await p.topics["rejected"].send(
+                    key=msg.key, value=checked.model_dump_json().encode()
+                )
+                continue
+            await p.topics["ledger"].send(
+                key=checked.tenant_id.encode(), value=_with_ingest_time(checked)
+            )
 
     @app.agent(p.topics["ledger"], name="ledger")
     async def ledger(stream: Any) -> None:
@@ -361,7 +352,7 @@ def _register_agents(p: Pipeline) -> None:
             await p.store.durable()
             m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
             m.ledger_batch_size.observe(len(events))
-            await asyncio.gather(*[await p.send(o.role, o.key, o.value) for o in outputs])
+            await p.publish(outputs)
             for result, started in done:
                 try:
                     p.count_result(result, started)
