@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
@@ -77,6 +79,21 @@ def _charges(env: Env) -> dict[str, list[dict]]:
     return out
 
 
+def _diagnosis(worker: Worker) -> str:
+    """Where a stalled pipeline stands: partitions owned, lag and counters per worker."""
+    status, text = http_get(f"{worker.url}/metrics")
+    wanted = (
+        "rating_partitions_owned",
+        "rating_consumer_lag_messages",
+        "rating_cdrs_consumed_total",
+        "rating_cdrs_charged_total",
+        "rating_cdrs_duplicate_total",
+        "rating_cdrs_rejected_total",
+    )
+    lines = [ln for ln in text.splitlines() if ln.startswith(wanted)]
+    return f"--- worker {worker.url} (metrics {status}), log {worker.log_path}\n" + "\n".join(lines)
+
+
 def _balance(worker: Worker, tenant: str) -> Decimal | None:
     status, body = http_get(f"{worker.url}/tenants/{tenant}")
     return Decimal(json.loads(body)["balance"]) if status == 200 else None
@@ -138,7 +155,15 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
     c.wait_ready(120)
 
     unique = {json.loads(v)["cdr_id"]: v for _, v in cdrs}
-    wait_until(lambda: set(_charges(env)) >= set(unique), 180, "every CDR to be charged")
+    everything = wait_until(
+        lambda: set(_charges(env)) >= set(unique), 180, "every CDR to be charged", fail=False
+    )
+    if not everything:
+        missing = sorted(set(unique) - set(_charges(env)))
+        pytest.fail(
+            f"{len(missing)} CDRs never charged, e.g. {missing[:5]}\n"
+            + "\n".join(_diagnosis(w) for w in (a, c))
+        )
     charges = _charges(env)
     assert set(charges) == set(unique)
     # At least once on the wire, always the same content: consumers dedupe by cdr_id.
