@@ -58,8 +58,9 @@ class Envelope:
             "p": self.payload,
         }
 
-    def encode(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+    def encode(self, **extra: object) -> bytes:
+        """The ledger record; ``extra`` adds fields (e.g. the ingest time) beside the keys."""
+        return json.dumps({**self.to_dict(), **extra}, separators=(",", ":")).encode()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Envelope:

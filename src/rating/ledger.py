@@ -37,7 +37,7 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -47,7 +47,6 @@ from rating.contracts import (
     CDR,
     Charge,
     FundsEvent,
-    Rejection,
     RejectReason,
     TenantSettings,
     format_money,
@@ -200,7 +199,7 @@ class Ledger:
         return Result(
             outcome="rejected",
             reason=reason,
-            outputs=[Output("rejected", env.source.key, _rejection_bytes(rej))],
+            outputs=[Output("rejected", env.source.key, rej.model_dump_json().encode())],
         )
 
     def _unknown_tenant(self, env: Envelope, tenant: str, now: datetime) -> Result:
@@ -392,11 +391,3 @@ class Ledger:
 def tenant_of(key: str) -> str:
     """The tenant a store key belongs to (for attributing keys to partitions)."""
     return key.split("/", 2)[1]
-
-
-def _rejection_bytes(rej: Rejection) -> bytes:
-    return rej.model_dump_json().encode()
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
