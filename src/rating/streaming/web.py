@@ -57,11 +57,14 @@ def register_views(p: Pipeline) -> None:
     def local_url() -> str:
         return str(app.conf.canonical_url).rstrip("/")
 
-    async def forward(view: View, request: Request, path: str) -> Response | None:
-        """Send the request to the owning worker, unless we are it (None)."""
+    async def forward(view: View, request: Request, tenant: str) -> Response | None:
+        """Send the request to the owner of ``tenant``'s partition, unless we are it (None).
+
+        The tenant comes from the route (already percent-decoded); the forwarded path is the
+        request's own raw path, so an id with ``/`` or ``%`` reaches the owner unchanged."""
         if request.headers.get(ROUTED_HEADER) is not None:
             return None
-        url = owner_url(path.split("/")[2])
+        url = owner_url(tenant)
         if url is None or app.rebalancing:
             return view.json(
                 {"error": "partition assignment in progress"},
@@ -74,13 +77,16 @@ def register_views(p: Pipeline) -> None:
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
         async with app.http_client.request(
-            request.method, f"{url}{path}", headers=headers, data=await request.read()
+            request.method,
+            f"{url}{request.raw_path}",
+            headers=headers,
+            data=await request.read(),
         ) as resp:
             return view.bytes(
                 await resp.read(), content_type="application/json", status=resp.status
             )
 
-    async def admin_body(view: View, request: Request, path: str) -> dict[str, Any] | Response:
+    async def admin_body(view: View, request: Request, tenant: str) -> dict[str, Any] | Response:
         """Authorise, forward to the owner if need be, and parse the JSON object body.
 
         Returns the body (a dict) to act on, or a response to send as is. (faust.web's
@@ -89,7 +95,7 @@ def register_views(p: Pipeline) -> None:
         denied = admin_denied(view, request)
         if denied is not None:
             return denied
-        routed = await forward(view, request, path)
+        routed = await forward(view, request, tenant)
         if routed is not None:
             return routed
         body = await read_json(request)
@@ -125,7 +131,7 @@ def register_views(p: Pipeline) -> None:
     @app.page("/tenants/{tenant_id}")
     class TenantView(View):
         async def get(self, request: Request, tenant_id: str) -> Response:
-            routed = await forward(self, request, f"/tenants/{tenant_id}")
+            routed = await forward(self, request, tenant_id)
             if routed is not None:
                 return routed
             account = p.ledger.account(tenant_id)
@@ -144,7 +150,7 @@ def register_views(p: Pipeline) -> None:
     @app.page("/tenants/{tenant_id}/funds")
     class FundsView(View):
         async def post(self, request: Request, tenant_id: str) -> Response:
-            body = await admin_body(self, request, f"/tenants/{tenant_id}/funds")
+            body = await admin_body(self, request, tenant_id)
             if not isinstance(body, dict):  # a refusal or the owner's answer
                 return body
             account = p.ledger.account(tenant_id)
@@ -177,7 +183,7 @@ def register_views(p: Pipeline) -> None:
     @app.page("/tenants/{tenant_id}/auto-recharge")
     class AutoRechargeView(View):
         async def put(self, request: Request, tenant_id: str) -> Response:
-            body = await admin_body(self, request, f"/tenants/{tenant_id}/auto-recharge")
+            body = await admin_body(self, request, tenant_id)
             if not isinstance(body, dict):  # a refusal or the owner's answer
                 return body
             account = p.ledger.account(tenant_id)
