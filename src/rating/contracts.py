@@ -140,6 +140,10 @@ class RejectReason(StrEnum):
     # Extension: processing this message raised an unexpected error (a bug). It is parked
     # here, with its bytes, instead of stalling the partition; replay it after the fix.
     INTERNAL_ERROR = "internal_error"
+    # Extension: a recharge result (recharge_succeeded/failed) for a command that is not the
+    # tenant's outstanding one: resolved before, never issued, or another tenant's. One
+    # command is one recharge, so it credits nothing; billing and rating disagree.
+    COMMAND_NOT_OUTSTANDING = "command_not_outstanding"
 
 
 class FundsKind(StrEnum):

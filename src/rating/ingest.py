@@ -11,7 +11,7 @@ import base64
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -19,6 +19,7 @@ from rating.contracts import CDR, FundsEvent, Rejection, RejectReason, TenantSet
 from rating.domain.validation import summarize_validation_error
 
 Kind = Literal["cdr", "settings", "funds"]
+M = TypeVar("M", bound=BaseModel)
 MODELS: dict[Kind, type[BaseModel]] = {"cdr": CDR, "settings": TenantSettings, "funds": FundsEvent}
 
 
@@ -105,41 +106,51 @@ def make_rejection(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why an input value is not a valid message: ``malformed`` or ``schema``, and where."""
+
+    reason: RejectReason
+    detail: str
+
+
+def parse_value(model: type[M], raw: bytes | str | None) -> M | Invalid:
+    """THE bad-input classifier, for the streaming path and ``rating rate`` alike.
+
+    ``malformed``: no value (a tombstone), not UTF-8, or not JSON (truncated, too deeply
+    nested to parse). ``schema``: valid JSON that fails the model, a non-object included.
+    """
+    if raw is None:
+        return Invalid(RejectReason.MALFORMED, "empty message value (tombstone) on an input topic")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        return _classify(raw, exc)
+
+
+def _classify(raw: bytes | str, exc: ValidationError) -> Invalid:
+    if isinstance(raw, bytes):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            return Invalid(RejectReason.MALFORMED, f"value is not UTF-8 (byte {bad.start})")
+    errors = exc.errors(include_url=False)
+    invalid_json = [e for e in errors if e["type"] == "json_invalid"]
+    if invalid_json:
+        return Invalid(RejectReason.MALFORMED, f"{invalid_json[0]['msg']} (value is not JSON)")
+    if any(e["type"] == "model_type" and not e["loc"] for e in errors):
+        return Invalid(RejectReason.SCHEMA, "value is JSON but not an object")
+    return Invalid(RejectReason.SCHEMA, summarize_validation_error(exc))
+
+
 def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> Envelope | Rejection:
     """Decode and validate one input record: malformed, schema and key_mismatch happen here."""
-    if raw is None:
-        return make_rejection(
-            source,
-            b"",
-            RejectReason.MALFORMED,
-            "empty message value (tombstone) on an input topic",
-            now,
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return make_rejection(
-            source, raw, RejectReason.MALFORMED, f"value is not UTF-8 (byte {exc.start})", now
-        )
-    try:
-        model = MODELS[kind].model_validate_json(text)
-    except ValidationError as exc:
-        if any(e["type"] == "json_invalid" for e in exc.errors()):
-            return make_rejection(
-                source,
-                text,
-                RejectReason.MALFORMED,
-                f"value is not JSON: {exc.errors()[0]['msg']}",
-                now,
-            )
-        if any(e["type"] == "model_type" and not e["loc"] for e in exc.errors()):
-            return make_rejection(
-                source, text, RejectReason.MALFORMED, "value is JSON but not an object", now
-            )
-        return make_rejection(
-            source, text, RejectReason.SCHEMA, summarize_validation_error(exc), now
-        )
-    tenant_id: str = model.tenant_id  # type: ignore[attr-defined]
+    parsed = parse_value(MODELS[kind], raw)
+    if isinstance(parsed, Invalid):
+        return make_rejection(source, raw or b"", parsed.reason, parsed.detail, now)
+    assert raw is not None
+    text = raw.decode("utf-8")  # valid: the model parsed it
+    tenant_id: str = parsed.tenant_id  # type: ignore[attr-defined]
     if source.key is not None and source.key != tenant_id.encode():
         shown = source.key.decode("utf-8", "backslashreplace")
         return make_rejection(

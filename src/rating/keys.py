@@ -13,7 +13,7 @@ Kinds (the letter is the first component):
 - ``c/{tenant}/{cdr_id}``      a charge marker
 - ``f/{tenant}/{event_id}``    a funds marker
 - ``s/{tenant}``               the outputs of the latest settings message
-- ``h/{tenant}``               messages held until the tenant's first settings arrive
+- ``h/{tenant}/{offset}``      a message held until the tenant's first settings arrive
 - ``u/{tenant}/{day}/{product}``  usage totals of one UTC day and product
 
 ``KEY_VERSION`` is stored with the state version so a worker never reads keys written under
@@ -74,8 +74,8 @@ def settings_key(tenant: str) -> str:
     return make_key(KeyKind.SETTINGS, tenant)
 
 
-def held_key(tenant: str) -> str:
-    return make_key(KeyKind.HELD, tenant)
+def held_key(tenant: str, offset: str) -> str:
+    return make_key(KeyKind.HELD, tenant, offset)
 
 
 def usage_key(tenant: str, day: str, product: str) -> str:

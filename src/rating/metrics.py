@@ -114,6 +114,23 @@ class Metrics:
             "Recharge commands awaiting billing's answer.",
             registry=r,
         )
+        self.recharge_amount_mismatch = Counter(
+            "rating_recharge_amount_mismatch_total",
+            "recharge_succeeded events that credited another amount than their command's.",
+            ["currency"],
+            registry=r,
+        )
+        self.messages_held = Counter(
+            "rating_messages_held_total",
+            "CDRs and funds events held because their tenant had no settings yet.",
+            ["topic"],
+            registry=r,
+        )
+        self.messages_held_now = Gauge(
+            "rating_held_messages",
+            "Messages held now for tenants without settings (partitions owned here).",
+            registry=r,
+        )
         self.balance_events = Counter(
             "rating_balance_events_total",
             "Balance events emitted, by kind.",

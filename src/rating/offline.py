@@ -26,7 +26,8 @@ from pydantic import TypeAdapter, ValidationError
 from rating.contracts import CDR, Currency, OfflineRejection, RejectReason, TenantSettings, UtcTime
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.domain.rating import RatingError, rate_cdr
-from rating.domain.validation import describe_validation_error, summarize_validation_error
+from rating.domain.validation import describe_validation_error
+from rating.ingest import Invalid, parse_value
 
 _MAX_PROBLEMS = 20
 
@@ -144,15 +145,6 @@ def _cdr_id_of(raw: bytes | str) -> str | None:
     return cdr_id if isinstance(cdr_id, str) else None
 
 
-def _not_utf8(raw: bytes | str) -> str | None:
-    if isinstance(raw, bytes):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return f"not UTF-8 (invalid byte at offset {exc.start})"
-    return None
-
-
 @dataclass(slots=True)
 class OfflineRater:
     """Turns one input line into one output line. Holds everything the run needs."""
@@ -166,12 +158,11 @@ class OfflineRater:
 
     def rate_line(self, raw: bytes | str, lineno: int = 0) -> str | None:
         """The JSON output line (without newline) for one input line; ``None`` when blank."""
-        try:
-            cdr = CDR.model_validate_json(raw)
-        except ValidationError as exc:
+        cdr = parse_value(CDR, raw)
+        if isinstance(cdr, Invalid):
             if not raw.strip():
                 return None  # blank lines are checked here, off the hot path
-            return self._reject_invalid(raw, exc, lineno)
+            return self._reject_invalid(raw, cdr, lineno)
         settings = self.tenants.get(cdr.tenant_id)
         if settings is not None:
             plan, currency = settings.plan, settings.currency
@@ -191,13 +182,12 @@ class OfflineRater:
             return self._reject(cdr.cdr_id, result)
         return result.model_dump_json(exclude={"balance_after"})
 
-    def _reject_invalid(self, raw: bytes | str, exc: ValidationError, lineno: int) -> str:
+    def _reject_invalid(self, raw: bytes | str, invalid: Invalid, lineno: int) -> str:
+        # The same classifier as the streaming path (ingest.parse_value); the line number
+        # and the CDR id (when one can be read) are what an offline run adds.
         where = f"line {lineno}: " if lineno else ""
-        if any(err["type"] == "json_invalid" for err in exc.errors(include_url=False)):
-            problem = _not_utf8(raw) or exc.errors(include_url=False)[0]["msg"]
-            return self._reject(None, RatingError(RejectReason.MALFORMED, where + problem))
-        detail = where + summarize_validation_error(exc)
-        return self._reject(_cdr_id_of(raw), RatingError(RejectReason.SCHEMA, detail))
+        cdr_id = _cdr_id_of(raw) if invalid.reason is RejectReason.SCHEMA else None
+        return self._reject(cdr_id, RatingError(invalid.reason, where + invalid.detail))
 
     @staticmethod
     def _reject(cdr_id: str | None, error: RatingError) -> str:

@@ -20,13 +20,19 @@ from rating.settings import SettingsError, load_settings
 
 #: Reasons that can never succeed by replaying the same bytes.
 NEVER_REPLAYABLE = {RejectReason.MALFORMED, RejectReason.SCHEMA, RejectReason.KEY_MISMATCH}
+#: Reasons never replayed, even when asked for by --reason: a recharge result for a command
+#: that is not outstanding is billing and rating disagreeing about money. Re-sending it could
+#: only credit by accident (e.g. once a never-issued command id is issued). An operator who
+#: decides the money is real adds it on purpose: `rating funds add TENANT AMOUNT
+#: --event-id <event_id>-manual --reason "..."` (README, "Recharge lifecycle").
+MONEY_DISPUTES = {RejectReason.COMMAND_NOT_OUTSTANDING}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reason",
         action="append",
-        choices=[r.value for r in RejectReason],
+        choices=[r.value for r in RejectReason if r not in MONEY_DISPUTES],
         help="only these reasons (repeatable; default: every replayable reason)",
     )
     p.add_argument(
@@ -49,6 +55,8 @@ def original_bytes(rej: Rejection) -> bytes:
 
 
 def wanted(rej: Rejection, reasons: set[RejectReason] | None) -> bool:
+    if rej.reason in MONEY_DISPUTES:
+        return False
     if reasons is not None:
         return rej.reason in reasons
     return rej.reason not in NEVER_REPLAYABLE

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     # Clock messages drive recharge retries/timeouts and dedup expiry.
     tick_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
+    # A CDR or funds event whose tenant has no settings yet is held this long for them to
+    # arrive (settings and funds come on different topics), then rejected unknown_tenant.
+    unknown_tenant_hold_seconds: Annotated[int, Field(ge=0, le=7 * 24 * 3600)] = 900
+    # Bounds of what is held: per tenant, and per ledger partition; past them, reject now.
+    unknown_tenant_hold_max_per_tenant: Annotated[int, Field(ge=0)] = 1000
+    unknown_tenant_hold_max_per_partition: Annotated[int, Field(ge=0)] = 100_000
+
     recharge_timeout_seconds: Annotated[float, Field(gt=0)] = 600.0
     recharge_backoff_seconds: Annotated[float, Field(gt=0)] = 30.0
     recharge_backoff_max_seconds: Annotated[float, Field(gt=0)] = 3600.0

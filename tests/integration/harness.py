@@ -96,6 +96,9 @@ class Env:
                 "RATING_HEARTBEAT_SECONDS": "1",
                 "RATING_COMMIT_INTERVAL_SECONDS": "0.5",
                 "RATING_TICK_SECONDS": "1",
+                # Short, so tests of unknown tenants see the rejection in seconds; tests of
+                # the hold itself set their own.
+                "RATING_UNKNOWN_TENANT_HOLD_SECONDS": "3",
                 "RATING_LOG_LEVEL": "INFO",
                 "PYTHONUNBUFFERED": "1",
             }

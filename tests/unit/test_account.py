@@ -15,9 +15,11 @@ from rating.contracts import (
     FundsEvent,
     FundsKind,
     RechargeCommand,
+    RejectReason,
     TenantSettings,
 )
 from rating.domain.account import (
+    RECENT_CLOSED,
     RECHARGE_OUTCOMES,
     Account,
     Effects,
@@ -335,30 +337,159 @@ def test_success_still_below_trigger_chains_next_command_with_new_id() -> None:
     assert acc.outstanding.command_id == "t1:recharge:2"
 
 
-def test_success_for_unknown_command_credits_but_keeps_current_outstanding() -> None:
-    acc = with_command("5")
+def result(kind: FundsKind, amount: str, command: str | None, event_id: str) -> FundsEvent:
+    return funds(kind, amount, command).model_copy(update={"event_id": event_id})
+
+
+def refused(outcome: tuple[Account, Effects] | Refusal) -> Refusal:
+    assert isinstance(outcome, Refusal), outcome
+    assert outcome.reason == RejectReason.COMMAND_NOT_OUTSTANDING.value
+    return outcome
+
+
+def succeeded_once() -> Account:
+    """t1:recharge:1 issued at balance 5 and resolved by pay-1: balance 55."""
     acc, _ = ok(
-        apply_funds(acc, funds(FundsKind.RECHARGE_FAILED, "50", "t1:recharge:1"), T0, POLICY)
+        apply_funds(
+            with_command("5"),
+            result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay-1"),
+            T0,
+            POLICY,
+        )
     )
-    assert acc.outstanding is not None
-    assert acc.outstanding.failures == 1
+    assert acc.balance == D(55)
+    return acc
+
+
+def test_second_success_for_a_resolved_command_under_a_new_event_id_credits_nothing() -> None:
+    acc = succeeded_once()
+    resend = result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay-2")
+    refusal = refused(apply_funds(acc, resend, T0, POLICY))
+    assert "already resolved by event 'pay-1'" in refusal.detail
+    assert "'pay-2'" in refusal.detail
+
+
+def test_late_failure_after_success_is_refused_and_changes_nothing() -> None:
+    acc = succeeded_once()
+    late = result(FundsKind.RECHARGE_FAILED, "50", "t1:recharge:1", "fail-late")
+    refusal = refused(apply_funds(acc, late, T0, POLICY))
+    assert "already resolved by event 'pay-1'" in refusal.detail
+
+
+@pytest.mark.parametrize("command", [None, "t1:recharge:0", "t1:recharge:9", "t1:recharge:01"])
+def test_success_for_a_never_issued_command_credits_nothing(command: str | None) -> None:
+    acc = with_command("5")
+    event = result(FundsKind.RECHARGE_SUCCEEDED, "20", command, "pay-x")
+    refusal = refused(apply_funds(acc, event, T0, POLICY))
+    if command is not None:
+        assert "never issued to tenant 't1'" in refusal.detail
+        assert "outstanding: 't1:recharge:1'" in refusal.detail
+
+
+def test_success_naming_another_tenants_command_credits_nothing() -> None:
+    acc = with_command("5")  # t1 has t1:recharge:1 outstanding
+    for other in ("t2:recharge:1", "t1:recharge:1:recharge:1", "t:recharge:1"):
+        refusal = refused(
+            apply_funds(acc, result(FundsKind.RECHARGE_SUCCEEDED, "50", other, "pay-o"), T0, POLICY)
+        )
+        assert "never issued" in refusal.detail
+
+
+def test_failures_then_one_success_of_the_same_command_credit_once() -> None:
+    acc = with_command("5")
+    for attempt in (1, 2):
+        acc, eff = ok(
+            apply_funds(
+                acc,
+                result(FundsKind.RECHARGE_FAILED, "50", "t1:recharge:1", f"fail-{attempt}"),
+                T0,
+                POLICY,
+            )
+        )
+        assert eff.recharge_outcomes == ("failed",)
+        assert acc.outstanding is not None
+        acc, _ = on_tick(acc, acc.outstanding.due_at, POLICY)  # the retry goes out
     acc, eff = ok(
-        apply_funds(acc, funds(FundsKind.RECHARGE_SUCCEEDED, "20", "t1:recharge:0"), T0, POLICY)
+        apply_funds(
+            acc, result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay"), T0, POLICY
+        )
     )
-    assert acc.balance == D(25)
-    assert acc.outstanding is not None
-    assert acc.outstanding.command_id == "t1:recharge:1"
-    assert acc.outstanding.failures == 0  # money came through: the failure count restarts
-    assert eff.recharge_commands == ()
+    assert acc.balance == D(55)
+    assert acc.outstanding is None
+    assert not eff.amount_mismatch
+    again = result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay-again")
+    refused(apply_funds(acc, again, T0, POLICY))
+
+
+def test_late_success_of_a_given_up_command_credits_once() -> None:
+    policy = RechargePolicy(max_failures=1)
+    acc = with_command("5")
+    acc, eff = ok(
+        apply_funds(acc, result(FundsKind.RECHARGE_FAILED, "50", "t1:recharge:1", "f1"), T0, policy)
+    )
+    assert eff.recharge_outcomes == ("given_up",)
+    assert acc.outstanding is None
+    # billing's last attempt went through after all: that money moved, once.
+    late = result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay-late")
+    acc, eff = ok(apply_funds(acc, late, T0, policy))
+    assert acc.balance == D(55)
+    assert eff.recharge_outcomes[0] == "succeeded"
+    resend = result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay-late-2")
+    assert (
+        "already resolved by event 'pay-late'"
+        in refused(apply_funds(acc, resend, T0, policy)).detail
+    )
+
+
+def test_late_failure_of_a_given_up_command_is_ignored() -> None:
+    policy = RechargePolicy(max_failures=1)
+    acc, _ = ok(
+        apply_funds(
+            with_command("5"),
+            result(FundsKind.RECHARGE_FAILED, "50", "t1:recharge:1", "f1"),
+            T0,
+            policy,
+        )
+    )
+    late = result(FundsKind.RECHARGE_FAILED, "50", "t1:recharge:1", "f-late")
+    new, eff = ok(apply_funds(acc, late, T0, policy))
+    assert new == acc
+    assert eff.funds_outcome == "ignored"
+
+
+def test_success_with_another_amount_credits_the_events_amount_and_says_so() -> None:
+    acc = with_command("5")
+    acc, eff = ok(
+        apply_funds(
+            acc, result(FundsKind.RECHARGE_SUCCEEDED, "45.50", "t1:recharge:1", "p"), T0, POLICY
+        )
+    )
+    assert acc.balance == D("50.50")
+    assert eff.amount_mismatch
+
+
+def test_closed_commands_are_remembered_up_to_the_bound() -> None:
+    acc = account("100")
+    for n in range(1, RECENT_CLOSED + 3):
+        day = T0 + timedelta(days=n)  # one command a day: the daily cap never bites
+        acc, _ = charge(acc, str(acc.balance - D(5)), day)
+        assert acc.outstanding is not None
+        cmd = acc.outstanding.command_id
+        acc, _ = ok(
+            apply_funds(
+                acc, result(FundsKind.RECHARGE_SUCCEEDED, "50", cmd, f"pay-{n}"), day, POLICY
+            )
+        )
+    assert len(acc.closed) == RECENT_CLOSED
+    assert Account.from_dict(acc.to_dict()) == acc
+    oldest = result(FundsKind.RECHARGE_SUCCEEDED, "50", "t1:recharge:1", "pay-old")
+    assert "older than the last" in refused(apply_funds(acc, oldest, T0, POLICY)).detail
 
 
 @pytest.mark.parametrize("command", [None, "t1:recharge:0", "t1:recharge:9"])
-def test_failure_for_other_command_is_ignored(command: str | None) -> None:
+def test_failure_for_a_command_never_issued_is_refused(command: str | None) -> None:
     acc = with_command("5")
-    new, eff = ok(apply_funds(acc, funds(FundsKind.RECHARGE_FAILED, "50", command), T0, POLICY))
-    assert new == acc
-    assert eff.funds_outcome == "ignored"
-    assert eff.recharge_outcomes == ()
+    refused(apply_funds(acc, funds(FundsKind.RECHARGE_FAILED, "50", command), T0, POLICY))
 
 
 def test_failure_does_not_change_balance_and_schedules_retry() -> None:
@@ -601,8 +732,6 @@ def test_bad_funds_are_refused(event: FundsEvent, reason: str) -> None:
         ("10", funds(FundsKind.MANUAL_ADD, "2.5"), "12.5"),
         ("10", funds(FundsKind.ADJUSTMENT, "-12.25"), "-2.25"),
         ("10", funds(FundsKind.ADJUSTMENT, "0"), "10"),
-        ("10", funds(FundsKind.RECHARGE_SUCCEEDED, "50"), "60"),  # no command id: credits
-        ("10", funds(FundsKind.RECHARGE_FAILED, "50", "x"), "10"),
     ],
 )
 def test_funds_change_balance(start: str, event: FundsEvent, balance: str) -> None:
@@ -698,11 +827,13 @@ def test_round_trip_is_exact_and_json_safe() -> None:
 @pytest.mark.parametrize(
     "broken",
     [
-        {"v": 2},
+        {"v": 1},
         {"balance": 1.5},
         {"balance": "abc"},
         {"recharge_seq": True},
         {"outstanding": "x"},
+        {"closed": None},
+        {"closed": [{"command_id": "c", "how": "lost", "amount": "1", "event_id": None}]},
     ],
 )
 def test_from_dict_rejects_malformed_state(broken: dict[str, object]) -> None:

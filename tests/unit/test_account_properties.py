@@ -174,6 +174,13 @@ def check(prev: Account | None, acc: Account, eff: Effects, op: tuple[Any, ...],
     assert Account.from_dict(json.loads(json.dumps(state))) == acc
 
 
+def check_refusal(refusal: Refusal, acc: Account, cmd: str | None) -> None:
+    assert refusal.reason in {"currency_mismatch", "schema", "command_not_outstanding"}
+    if refusal.reason == "command_not_outstanding":
+        # One command, one recharge: only the outstanding one may be answered.
+        assert acc.outstanding is None or cmd != acc.outstanding.command_id
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=settings_op, steps=ops)
 def test_account_invariants(first: tuple[Any, ...], steps: list[tuple[Any, ...]]) -> None:
@@ -231,7 +238,7 @@ def test_account_invariants(first: tuple[Any, ...], steps: list[tuple[Any, ...]]
             )
             result = apply_funds(acc, event, now, POLICY)
             if isinstance(result, Refusal):
-                assert result.reason in {"currency_mismatch", "schema"}
+                check_refusal(result, acc, cmd)
                 continue
             acc, eff = result
             assert eff.funds_outcome in {"applied", "ignored"}

@@ -131,9 +131,10 @@ def test_not_json_is_malformed_with_payload_as_text(data: bytes) -> None:
         pytest.param(b"42", id="number"),
     ],
 )
-def test_json_that_is_not_an_object_is_malformed(data: bytes) -> None:
+def test_json_that_is_not_an_object_is_schema(data: bytes) -> None:
+    # CONTRACTS.md: malformed = not UTF-8 JSON; schema = valid JSON that fails validation.
     rej = rejected("cdr", data)
-    assert rej.reason is RejectReason.MALFORMED
+    assert rej.reason is RejectReason.SCHEMA
     assert rej.payload == data.decode()
     assert "not an object" in rej.detail
 

@@ -33,7 +33,8 @@ from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook
 from rating.domain.rating import rate_cdr
 from rating.ingest import Envelope, Kind, Source, validate
-from rating.ledger import EXPIRY_GRACE, Ledger, Output, Result, tenant_of
+from rating.keys import tenant_of
+from rating.ledger import EXPIRY_GRACE, HoldPolicy, Ledger, Output, Result
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 HORIZON = timedelta(days=7)
@@ -255,18 +256,28 @@ def test_identical_settings_again_changes_nothing_and_emits_nothing() -> None:
     assert ledger.account("t1") == before
 
 
-def test_cdr_of_unknown_tenant_is_rejected_with_original_payload_and_coordinates() -> None:
+HOLD_END = T0 + timedelta(seconds=HoldPolicy().seconds)
+
+
+def test_cdr_of_unknown_tenant_is_held_then_rejected_with_original_payload_and_coordinates() -> (
+    None
+):
     ledger = new_ledger()
     doc = cdr_doc("c1", tenant="ghost")
     env = envelope("cdr", doc, src_offset=77, partition=0)
-    result = ledger.handle(env, 0, 5, T0)
-    assert result.outcome == "rejected"
-    assert result.reason is RejectReason.UNKNOWN_TENANT
+    held = ledger.handle(env, 0, 5, T0)
+    assert held.outcome == "held"
+    assert held.outputs == []
+    assert ledger.held_count("ghost") == 1
+    assert ledger.tick(0, 6, HOLD_END - timedelta(seconds=1)).outputs == []
+    result = ledger.tick(0, 7, HOLD_END)
     assert roles(result) == ["rejected"]
+    assert [p.reason for p in result.parts] == [RejectReason.UNKNOWN_TENANT]
     assert result.outputs[0].key == b"ghost"
     rej = Rejection.model_validate_json(only(result, "rejected"))
     assert rej.reason is RejectReason.UNKNOWN_TENANT
     assert "ghost" in rej.detail
+    assert "RATING_UNKNOWN_TENANT_HOLD_SECONDS" in rej.detail
     assert rej.payload == env.payload  # the original text, byte for byte
     assert (rej.source_topic, rej.partition, rej.offset, rej.key) == (
         "cdr.audio-conferencing",
@@ -274,30 +285,35 @@ def test_cdr_of_unknown_tenant_is_rejected_with_original_payload_and_coordinates
         77,  # the SOURCE offset, not the ledger offset
         "ghost",
     )
-    assert rej.rejected_at == T0
-    assert ledger.store == {}  # nothing written for a rejection
+    assert rej.rejected_at == HOLD_END
+    assert ledger.held_count("ghost") == 0
+    assert ledger.account("ghost") is None
+
+
+def held_then_rejected(env: Envelope) -> Result:
+    ledger = new_ledger()
+    assert ledger.handle(env, 0, 0, T0).outcome == "held"
+    return ledger.tick(0, 1, HOLD_END)
 
 
 def test_ledger_rejection_of_keyless_record_has_null_key_in_the_body() -> None:
-    ledger = new_ledger()
     doc = cdr_doc("c1", tenant="ghost")
     env = validate("cdr", Source(TOPICS["cdr"], 0, 7, None), json.dumps(doc).encode(), T0)
     assert isinstance(env, Envelope)
-    rej = Rejection.model_validate_json(only(ledger.handle(env, 0, 0, T0), "rejected"))
+    rej = Rejection.model_validate_json(only(held_then_rejected(env), "rejected"))
     assert rej.key is None
 
 
 def test_ledger_rejection_of_keyless_record_is_published_with_the_original_null_key() -> None:
-    ledger = new_ledger()
     doc = cdr_doc("c1", tenant="ghost")
     env = validate("cdr", Source(TOPICS["cdr"], 0, 7, None), json.dumps(doc).encode(), T0)
     assert isinstance(env, Envelope)
-    assert ledger.handle(env, 0, 0, T0).outputs[0].key is None
+    assert held_then_rejected(env).outputs[0].key is None
 
 
-def test_funds_of_unknown_tenant_is_rejected() -> None:
-    result = new_ledger().handle(envelope("funds", funds_doc("e1", "ghost"), 1), 0, 0, T0)
-    assert result.reason is RejectReason.UNKNOWN_TENANT
+def test_funds_of_unknown_tenant_is_held_then_rejected() -> None:
+    result = held_then_rejected(envelope("funds", funds_doc("e1", "ghost"), 1))
+    assert [p.reason for p in result.parts] == [RejectReason.UNKNOWN_TENANT]
 
 
 # --- charging -------------------------------------------------------------------------------

@@ -20,10 +20,23 @@ Choices worth knowing (CONTRACTS.md "Balance rules" leaves them open):
 * A ``recharge_failed`` for the outstanding command while we already wait to retry it is
   ignored: that attempt was already counted (by the response timeout), so counting it again
   would double the backoff for one attempt.
+* One command is one recharge. A recharge result (``recharge_succeeded`` or
+  ``recharge_failed``) applies only to the tenant's outstanding command with that
+  ``command_id``; a result for any other command (resolved before, never issued, another
+  tenant's) is refused as ``command_not_outstanding`` and credits nothing, so a billing
+  resend under a new ``event_id`` never creates money. The refusal's detail says which
+  event resolved the command before, or that it was never issued.
+* The one exception is a command *we* closed without billing's answer (``given_up`` after
+  the last failure, or ``abandoned`` below): billing may still have charged the card, so its
+  first late ``recharge_succeeded`` credits once (then it counts as resolved like any other);
+  a late ``recharge_failed`` for it is ignored (nothing moved). The account remembers the
+  last :data:`RECENT_CLOSED` closed commands for this; older ones are refused.
+* A success whose amount differs from the command's credits the event's amount (billing moved
+  that money) and is reported in ``Effects.amount_mismatch`` for an alert.
 * Disabling auto-recharge does not cancel the outstanding command (billing may be charging the
   card); its result is applied when it arrives. But a disabled tenant's command is never
   *re*-sent: when it falls due it is dropped (outcome ``abandoned``); a late success for it
-  still credits.
+  still credits once.
 * ``recharge_failing`` (given up) stops new commands until a settings change, a
   ``manual_add``, a positive ``adjustment`` or a ``recharge_succeeded`` (money arrived, so the
   payment path works). A negative adjustment is not "funds arriving" and does not resume.
@@ -63,7 +76,7 @@ RechargeOutcome = Literal[
 RECHARGE_OUTCOMES: Final[tuple[RechargeOutcome, ...]] = (
     "issued",  # a new command (attempt 1)
     "retried",  # the outstanding command resent after a failure's backoff
-    "succeeded",  # a recharge_succeeded credited (matching the outstanding command or not)
+    "succeeded",  # a recharge_succeeded credited (the outstanding or a locally closed command)
     "failed",  # a failure (billing's or a response timeout); a retry is scheduled
     "timed_out",  # no answer within response_timeout; also reported as failed/given_up
     "given_up",  # max_failures reached: recharge_failing emitted
@@ -74,7 +87,13 @@ RECHARGE_OUTCOMES: Final[tuple[RechargeOutcome, ...]] = (
 FundsOutcome = Literal["applied", "ignored"]
 
 #: Version of the ``to_dict`` layout, so a future change can migrate stored state.
-STATE_VERSION: Final = 1
+#: 2: ``closed`` (recently closed commands) and the escaped state keys of ``rating.keys``.
+STATE_VERSION: Final = 2
+#: How many closed recharge commands an account remembers (to tell a billing resend from a
+#: late first answer, and to name the event that resolved a command).
+RECENT_CLOSED: Final = 16
+
+ClosedHow = Literal["succeeded", "given_up", "abandoned"]
 
 _ZERO: Final = Decimal(0)
 _MAX_AMOUNT: Final = Decimal(10) ** 15
@@ -158,6 +177,34 @@ class Outstanding:
 
 
 @dataclass(frozen=True, slots=True)
+class Closed:
+    """A recharge command that is no longer outstanding, and how it ended."""
+
+    command_id: str
+    how: ClosedHow
+    amount: Decimal
+    event_id: str | None = None  # the recharge_succeeded that resolved it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command_id": self.command_id,
+            "how": self.how,
+            "amount": format_money(self.amount),
+            "event_id": self.event_id,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Closed:
+        how = _str(d, "how")
+        if how not in ("succeeded", "given_up", "abandoned"):
+            raise ValueError(f"account state: closed.how is {how!r}")
+        event_id = d.get("event_id")
+        if event_id is not None and not isinstance(event_id, str):
+            raise ValueError("account state: closed.event_id must be a string or null")
+        return cls(_str(d, "command_id"), how, _dec(d, "amount"), event_id)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
 class Account:
     """One tenant's state. Immutable: every operation returns a new one."""
 
@@ -178,6 +225,7 @@ class Account:
     cap_day: str  # "YYYY-MM-DD" UTC day that recharges_today counts
     recharges_today: int
     cap_reported: bool = False  # "capped" already reported for cap_day
+    closed: tuple[Closed, ...] = ()  # the last RECENT_CLOSED closed commands, oldest first
 
     @property
     def low_line(self) -> Decimal | None:
@@ -206,6 +254,7 @@ class Account:
             "cap_day": self.cap_day,
             "recharges_today": self.recharges_today,
             "cap_reported": self.cap_reported,
+            "closed": [c.to_dict() for c in self.closed],
         }
 
     @classmethod
@@ -216,6 +265,9 @@ class Account:
         raw_out = d.get("outstanding")
         if raw_out is not None and not isinstance(raw_out, Mapping):
             raise ValueError("account state: outstanding must be an object or null")
+        raw_closed = d.get("closed")
+        if not isinstance(raw_closed, list) or not all(isinstance(c, Mapping) for c in raw_closed):
+            raise ValueError("account state: closed must be a list of objects")
         return cls(
             tenant_id=_str(d, "tenant_id"),
             currency=_str(d, "currency"),
@@ -231,6 +283,7 @@ class Account:
             cap_day=_str(d, "cap_day"),
             recharges_today=_int(d, "recharges_today"),
             cap_reported=_bool(d, "cap_reported"),
+            closed=tuple(Closed.from_dict(c) for c in raw_closed),
         )
 
     def public_view(self) -> dict[str, Any]:
@@ -263,13 +316,16 @@ class Effects:
     in order (a timeout reports ``timed_out`` then ``failed`` or ``given_up``).
     ``funds_outcome``: for :func:`apply_funds` only, ``"applied"`` when the event changed
     anything (credited, resolved or counted a failure), ``"ignored"`` for a
-    ``recharge_failed`` that matches nothing we wait for; ``None`` for other operations.
+    ``recharge_failed`` of an attempt already counted or of a command we closed ourselves;
+    ``None`` for other operations.
+    ``amount_mismatch``: a ``recharge_succeeded`` credited an amount other than its command's.
     """
 
     recharge_commands: tuple[RechargeCommand, ...] = ()
     balance_events: tuple[BalanceEvent, ...] = ()
     recharge_outcomes: tuple[RechargeOutcome, ...] = ()
     funds_outcome: FundsOutcome | None = None
+    amount_mismatch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,10 +440,17 @@ def apply_funds(
     out.funds_outcome = "applied"
     pending = before.outstanding
     matches = pending is not None and event.command_id == pending.command_id
+    late: Closed | None = None  # a command we closed ourselves, answered late
+    if event.kind in _RESULTS and not matches:
+        late = _closed_locally(before, event)
+        if late is None:
+            return Refusal(
+                RejectReason.COMMAND_NOT_OUTSTANDING.value, _not_outstanding(before, event)
+            )
 
     if event.kind is FundsKind.RECHARGE_FAILED:
-        if pending is None or not matches or pending.awaiting_retry:
-            # Not something we wait for: an old command, or an attempt already counted.
+        if late is not None or (pending is not None and pending.awaiting_retry):
+            # Nothing to count: we gave up on that command, or this attempt already failed.
             out.funds_outcome = "ignored"
             return _finish(before, out, now, policy)
         return _finish(_fail(before, now, policy, out), out, now, policy)
@@ -395,11 +458,18 @@ def apply_funds(
     after = replace(before, balance=_CTX.add(before.balance, event.amount))
     if event.kind is FundsKind.RECHARGE_SUCCEEDED:
         out.outcomes.append("succeeded")
-        if matches:
-            after = replace(after, outstanding=None)
-        elif pending is not None and pending.failures:
-            # Money came through, so the payment path works: restart the failure count.
-            after = replace(after, outstanding=replace(pending, failures=0))
+        if late is not None:
+            resolved = replace(late, how="succeeded", event_id=event.event_id)
+            after = replace(after, closed=tuple(resolved if c is late else c for c in after.closed))
+            if pending is not None and pending.failures:
+                # Money came through, so the payment path works: restart the failure count.
+                after = replace(after, outstanding=replace(pending, failures=0))
+            expected = late.amount
+        else:
+            assert pending is not None  # matches
+            after = _close(replace(after, outstanding=None), pending, "succeeded", event.event_id)
+            expected = pending.amount
+        out.amount_mismatch = event.amount != expected
         after = replace(after, recharge_failing=False)
     elif event.amount > 0:
         # manual_add (always > 0) or a positive adjustment: funds arrived, try recharging.
@@ -416,9 +486,9 @@ def on_tick(account: Account, now: datetime, policy: RechargePolicy) -> tuple[Ac
     pending = acc.outstanding
     if pending is not None and now >= pending.due_at:
         if not acc.auto_recharge_enabled:
-            # Disabled since: don't charge the card again. A late success still credits.
+            # Disabled since: don't charge the card again. A late success still credits once.
             out.outcomes.append("abandoned")
-            acc = replace(acc, outstanding=None)
+            acc = _close(replace(acc, outstanding=None), pending, "abandoned")
         elif pending.awaiting_retry:
             resent = replace(
                 pending,
@@ -460,6 +530,53 @@ class _Out:
     events: list[BalanceEvent] = field(default_factory=list)
     outcomes: list[RechargeOutcome] = field(default_factory=list)
     funds_outcome: FundsOutcome | None = None
+    amount_mismatch: bool = False
+
+
+_RESULTS: Final = (FundsKind.RECHARGE_SUCCEEDED, FundsKind.RECHARGE_FAILED)
+
+
+def _close(
+    account: Account, pending: Outstanding, how: ClosedHow, event_id: str | None = None
+) -> Account:
+    closed = (*account.closed, Closed(pending.command_id, how, pending.amount, event_id))
+    return replace(account, closed=closed[-RECENT_CLOSED:])
+
+
+def _find_closed(account: Account, command: str | None) -> Closed | None:
+    return next((c for c in account.closed if c.command_id == command), None)
+
+
+def _closed_locally(account: Account, event: FundsEvent) -> Closed | None:
+    found = _find_closed(account, event.command_id)
+    return None if found is None or found.how == "succeeded" else found
+
+
+def _issued_seq(account: Account, command: str | None) -> int | None:
+    """The sequence number of ``command`` if this tenant ever issued it."""
+    prefix = command_id(account.tenant_id, 0)[:-1]
+    if command is None or not command.startswith(prefix):
+        return None
+    tail = command[len(prefix) :]
+    if not tail.isdigit() or tail != str(int(tail)):
+        return None
+    seq = int(tail)
+    return seq if 1 <= seq <= account.recharge_seq else None
+
+
+def _not_outstanding(account: Account, event: FundsEvent) -> str:
+    cmd = event.command_id
+    what = f"{event.kind.value} {event.event_id!r} credits nothing: command_id {cmd!r}"
+    if cmd is None:
+        return f"{what}: a recharge result must name the command it answers"
+    found = _find_closed(account, cmd)
+    if found is not None:
+        return f"{what} was already resolved by event {found.event_id!r}"
+    if _issued_seq(account, cmd) is not None:
+        return f"{what} was issued and resolved before (older than the last {RECENT_CLOSED})"
+    out = account.outstanding
+    now_out = "none" if out is None else repr(out.command_id)
+    return f"{what} was never issued to tenant {account.tenant_id!r} (outstanding: {now_out})"
 
 
 def _finish(
@@ -472,6 +589,7 @@ def _finish(
         balance_events=tuple(out.events),
         recharge_outcomes=tuple(out.outcomes),
         funds_outcome=out.funds_outcome,
+        amount_mismatch=out.amount_mismatch,
     )
 
 
@@ -522,7 +640,8 @@ def _fail(account: Account, now: datetime, policy: RechargePolicy, out: _Out) ->
         out.events.append(
             _event(account, BalanceEventKind.RECHARGE_FAILING, account.trigger_balance, now)
         )
-        return replace(account, outstanding=None, recharge_failing=True)
+        closed = _close(replace(account, outstanding=None), pending, "given_up")
+        return replace(closed, recharge_failing=True)
     out.outcomes.append("failed")
     retry = replace(
         pending, failures=failures, awaiting_retry=True, due_at=now + policy.backoff(failures)

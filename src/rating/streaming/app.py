@@ -28,7 +28,8 @@ from rating.contracts import Rejection, RejectReason
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.ingest import Envelope, Kind, Source, make_rejection, validate
-from rating.ledger import Ledger, Output, Result, tenant_of
+from rating.keys import tenant_of
+from rating.ledger import HoldPolicy, Ledger, Output, Result
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
@@ -136,26 +137,48 @@ class Pipeline:
     # --- applying -------------------------------------------------------------------------
 
     def apply(self, msg: Any) -> tuple[Result, float | None]:
-        """One ledger record -> its Result (state written through the table store)."""
+        """One ledger record -> its Result (state written through the table store).
+
+        Whatever goes wrong with one record (an undecodable record, a bug in indexing or in
+        the ledger) parks that record as ``internal_error`` and the partition moves on."""
+        try:
+            result, started = self._apply(msg)
+        except Exception as exc:
+            log.exception("ledger record failed at %s:%s:%s", msg.topic, msg.partition, msg.offset)
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            rej = make_rejection(
+                source,
+                msg.value or b"",
+                RejectReason.INTERNAL_ERROR,
+                f"ledger record: {type(exc).__name__}: {exc}",
+                utcnow(),
+            )
+            out = Output("rejected", msg.key, rej.model_dump_json().encode())
+            result = Result(
+                outcome="rejected",
+                reason=RejectReason.INTERNAL_ERROR,
+                topic=msg.topic,
+                outputs=[out],
+            )
+            started = None
+        for part in result.all():
+            if part.reason is RejectReason.INTERNAL_ERROR:
+                self.metrics.internal_errors.labels("ledger").inc()
+            if part.reason is not None:
+                self.metrics.cdrs_rejected.labels(part.topic or msg.topic, part.reason.value).inc()
+        return result, started
+
+    def _apply(self, msg: Any) -> tuple[Result, float | None]:
         self.ensure_indexed(msg.partition)
         self.store.partition = msg.partition
-        try:
-            data = json.loads(msg.value)
-        except ValueError:  # only we write this topic; log loudly, never crash
-            log.error("undecodable ledger record at %s:%s:%s", msg.topic, msg.partition, msg.offset)
-            return Result(), None
+        data = json.loads(msg.value)
         # The record's own timestamp, not the wall clock: reprocessing the same record after
         # a crash then computes the same Charge (rated_at included) and the same decisions.
         now = record_time(msg)
         if data.get("k") == "tick":
             return self.ledger.tick(msg.partition, msg.offset, now), None
         env = Envelope.from_dict(data)
-        result = self.ledger.handle(env, msg.partition, msg.offset, now)
-        if result.reason is RejectReason.INTERNAL_ERROR:
-            self.metrics.internal_errors.labels("ledger").inc()
-        if result.reason is not None:
-            self.metrics.cdrs_rejected.labels(env.source.topic, result.reason.value).inc()
-        return result, data.get("it")
+        return self.ledger.handle(env, msg.partition, msg.offset, now), data.get("it")
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -164,6 +187,10 @@ class Pipeline:
             await self.topics[out.role].send(key=out.key, value=out.value)
 
     def count_result(self, result: Result, started: float | None) -> None:
+        for part in result.all():
+            self._count_one(part, started)
+
+    def _count_one(self, result: Result, started: float | None) -> None:
         m = self.metrics
         now = utcnow()
         if result.outcome == "charged" and result.charge is not None:
@@ -181,6 +208,12 @@ class Pipeline:
             m.charges_replayed.inc()
         elif result.outcome == "settings":
             m.settings_applied.inc()
+        elif result.outcome == "held":
+            m.messages_held.labels(result.topic or "unknown").inc()
+        self._count_funds_and_effects(result)
+
+    def _count_funds_and_effects(self, result: Result) -> None:
+        m = self.metrics
         if result.funds is not None:
             f = result.funds
             dup = result.outcome == "funds_duplicate"
@@ -190,6 +223,8 @@ class Pipeline:
             elif result.outcome == "funds" and f.amount < 0:  # counters only go up
                 m.funds_debited.labels(f.currency, f.kind.value).inc(float(-f.amount))
         for effects in result.effects:
+            if effects.amount_mismatch and result.funds is not None:
+                m.recharge_amount_mismatch.labels(result.funds.currency).inc()
             for outcome in effects.recharge_outcomes:
                 m.recharge_commands.labels(outcome).inc()
             for event in effects.balance_events:
@@ -252,8 +287,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
     )
     store = TableStore(table)
     store.seal = settings.changelog_seal
+    hold = HoldPolicy(
+        seconds=settings.unknown_tenant_hold_seconds,
+        max_per_tenant=settings.unknown_tenant_hold_max_per_tenant,
+        max_per_partition=settings.unknown_tenant_hold_max_per_partition,
+    )
     ledger = Ledger(
-        store, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours)
+        store, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours), hold
     )
     p = Pipeline(
         settings=settings,
@@ -392,6 +432,7 @@ def _update_gauges(p: Pipeline) -> None:
     m.tenants_below_trigger.set(below)
     m.tenants_exhausted.set(exhausted)
     m.recharge_outstanding.set(outstanding)
+    m.messages_held_now.set(p.ledger.held_total(owned))
     # Only the topics this pipeline consumes: changelogs and Faust's own are noise here.
     consumed = set(p.kind_by_topic) | {p.topics["ledger"].get_topic_name()}
     by_topic: dict[str, int] = dict.fromkeys(consumed, 0)

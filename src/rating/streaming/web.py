@@ -136,7 +136,14 @@ def register_views(p: Pipeline) -> None:
                 return routed
             account = p.ledger.account(tenant_id)
             if account is None:
-                return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
+                body: dict[str, Any] = {"error": f"unknown tenant {tenant_id!r}"}
+                held = p.ledger.held_count(tenant_id)
+                if held:
+                    body["pending_messages"] = held
+                    body["error"] += (
+                        f": {held} message(s) are pending, held until its settings arrive"
+                    )
+                return self.json(body, status=404)
             doc = account.public_view()
             doc["served_by"] = local_url()
             doc["partition"] = partition_of(tenant_id, p.settings.partitions)
