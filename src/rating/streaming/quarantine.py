@@ -56,7 +56,7 @@ def undecodable_handler(p: Pipeline) -> UndecodableHandler:
         value = rejection.model_dump_json().encode()
         await p.app.producer.send_and_wait(topic, None, value, None, None, None)
         m.cdrs_rejected.labels(batch.topic, RejectReason.MALFORMED.value).inc()
-        log.error("PARKED an undecodable record batch: %s", detail)
+        log.error("PARKED in %s: %s", topic, detail)
         return Action.SKIP
 
     return handle

@@ -143,9 +143,16 @@ def decode_failure(exc: BaseException) -> DecodeFailure | None:
         base_offset=base,
         next_offset=nxt,
         codec=codec,
-        error=f"{type(exc).__name__}: {exc}",
+        error=f"{_error_name(exc)}: {exc}",
     )
     return DecodeFailure(TP(tp.topic, tp.partition), undecodable, decoded)
+
+
+def _error_name(exc: BaseException) -> str:
+    kind = type(exc)
+    if kind.__module__ in ("builtins", "aiokafka.errors"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"  # e.g. zlib.error, cramjam.DecompressionError
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
