@@ -186,6 +186,17 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.undecodable_batches = Counter(
+            "rating_undecodable_batches_total",
+            "Fetched record batches that could not be decoded (corrupt, unknown codec).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.partitions_stopped = Gauge(
+            "rating_partitions_stopped",
+            "Partitions this worker stopped consuming at an undecodable internal batch.",
+            registry=r,
+        )
         self.ratecard_reloads = Counter(
             "rating_ratecard_reloads_total",
             "Rate-card (re)loads by outcome.",

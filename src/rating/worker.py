@@ -31,6 +31,8 @@ def run_worker() -> int:
         pipeline = create_app(settings)
     except RateCardError as exc:
         return _fail(f"RATING_RATE_CARDS: {exc}")
+    except SettingsError as exc:  # e.g. a Kafka codec library missing
+        return _fail(str(exc))
 
     from aiokafka.errors import KafkaError
 

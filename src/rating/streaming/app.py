@@ -33,7 +33,9 @@ from rating.ledger import HoldPolicy, Ledger, Output, Result
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
-from rating.streaming.durability import drain_producer_buffer_before_commit, set_fetch_max_wait
+from rating.streaming import transport
+from rating.streaming.durability import drain_producer_buffer_before_commit
+from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.store import SEAL_PREFIX, TableStore
 
 log = logging.getLogger("rating.worker")
@@ -235,7 +237,8 @@ def _faust_app(settings: Settings) -> faust.App:
     hosts = settings.kafka_bootstrap.split(",")
     return faust.App(
         settings.app_id,
-        broker=[f"kafka://{h}" for h in hosts],
+        # Our transport (streaming/transport.py), registered under this URL scheme.
+        broker=[f"{transport.SCHEME}://{h}" for h in hosts],
         store=settings.store,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -249,6 +252,7 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_seconds,
         broker_commit_interval=settings.commit_interval_seconds,
         producer_acks=-1,
+        producer_compression_type=None if settings.compression == "none" else settings.compression,
         autodiscover=False,
         # One ordered stream per tenant partition: no concurrent table writers.
         stream_buffer_maxsize=4096,
@@ -264,7 +268,6 @@ def _faust_app(settings: Settings) -> faust.App:
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
     """Build the worker. Raises RateCardError for a bad rate-card file (start-up check)."""
     drain_producer_buffer_before_commit()
-    set_fetch_max_wait(settings.fetch_max_wait_ms)
     # One series per counter, not two: the *_created series double the scrape for nothing.
     disable_created_metrics()
     metrics = metrics or Metrics()
@@ -303,6 +306,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
         ledger=ledger,
         store=store,
         table=table,
+    )
+    transport.configure(
+        app,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        isolation_level=settings.isolation_level,
+        undecodable_handler=undecodable_handler(p),
     )
     _declare_topics(p)
     _register_agents(p)

@@ -1,0 +1,293 @@
+"""The Faust transport of the worker: Faust's aiokafka driver, adjusted through its own seams.
+
+Registered as the ``rating`` transport (entry point ``faust.transports`` in pyproject.toml), so
+``create_app`` uses ``broker="rating://host:port"`` and Faust builds these classes itself:
+
+- **Consumer settings Faust hard-codes.** ``fetch_max_wait_ms`` (Faust: 1500 ms; the embedded
+  Tansu broker waits out the full time on every fetch, ~0.7 s per pipeline hop) and
+  ``isolation_level`` (Faust: ``read_committed`` only in its own ``exactly_once`` mode). With
+  ``read_committed`` the records of aborted publisher transactions are never delivered, so
+  never charged. Both are set on the aiokafka consumer Faust builds, before it starts.
+- **Undecodable record batches.** aiokafka decodes (decompresses, checks the CRC of) a fetched
+  batch only when Faust drains it; an error there escapes ``getmany`` and Faust crashes the
+  worker, which refetches the same batch after a restart: a crash loop that stops every
+  partition. :meth:`ConsumerThread._fetch_records` catches such an error, attributes it to the
+  partition and batch it came from, keeps the records decoded before it (aiokafka drops them
+  from the failed call) and asks the app's :data:`UndecodableHandler` what to do:
+  ``SKIP`` (the handler has parked the batch's coordinates durably; the consumer seeks past
+  the batch) or ``STOP`` (that partition alone is no longer fetched; the others go on).
+  The first failure at a batch only refetches it, in case the bytes were damaged in transit.
+
+The attribution reads the traceback of the decoding error (the aiokafka ``PartitionRecords``
+and ``FetchResult`` frames it passes through). That is aiokafka's inside, not an API: the
+unit tests decode a real corrupt batch through those classes and fail if their shape changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Set
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Literal, cast
+
+import aiokafka  # type: ignore[import-untyped]
+from aiokafka import codec as aiokafka_codec
+from aiokafka.consumer.fetcher import (  # type: ignore[import-untyped]
+    Fetcher,
+    FetchResult,
+    PartitionRecords,
+)
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from rating.settings import SettingsError
+
+log = logging.getLogger("rating.transport")
+
+IsolationLevel = Literal["read_committed", "read_uncommitted"]
+#: Kafka's codec ids (the low 3 bits of a record batch's attributes).
+CODEC_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+def missing_codecs() -> list[str]:
+    """Kafka codecs aiokafka cannot decode in this environment (should be none)."""
+    checks = {
+        "gzip": aiokafka_codec.has_gzip,
+        "snappy": aiokafka_codec.has_snappy,
+        "lz4": aiokafka_codec.has_lz4,
+        "zstd": aiokafka_codec.has_zstd,
+    }
+    return [name for name, available in checks.items() if not available()]
+
+
+class Action(enum.Enum):
+    SKIP = "skip"  # the batch is parked: seek past it
+    STOP = "stop"  # stop fetching this partition
+
+
+@dataclass(frozen=True)
+class UndecodableBatch:
+    """A fetched record batch that cannot be decoded, and where it is."""
+
+    topic: str
+    partition: int
+    base_offset: int  # first offset of the batch (or the fetch position if unknown)
+    next_offset: int | None  # first offset after it; None when even its header is unreadable
+    codec: str
+    error: str
+
+    @property
+    def last_offset(self) -> int | None:
+        return None if self.next_offset is None else self.next_offset - 1
+
+    @property
+    def ref(self) -> str:
+        last = "?" if self.last_offset is None else str(self.last_offset)
+        return f"{self.topic}:{self.partition} offsets {self.base_offset}..{last}"
+
+
+UndecodableHandler = Callable[[UndecodableBatch], Coroutine[Any, Any, Action]]
+
+
+@dataclass(frozen=True)
+class DecodeFailure:
+    """Where a decoding error inside aiokafka's ``fetched_records`` came from."""
+
+    tp: TP
+    batch: UndecodableBatch
+    # Records of this call decoded before the error (aiokafka already moved those
+    # partitions' positions past them), the failing partition's own included.
+    decoded: dict[Any, list[Any]]
+
+
+def decode_failure(exc: BaseException) -> DecodeFailure | None:
+    """Attribute an exception raised by ``Fetcher.fetched_records`` to a partition's batch.
+
+    None when the error did not come from decoding a partition's records: the caller
+    re-raises it (Faust's own handling).
+    """
+    records_frame = getall_frame = drained_frame = None
+    tb: TracebackType | None = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, PartitionRecords):
+            records_frame = frame
+        elif isinstance(owner, FetchResult) and frame.f_code.co_name == "getall":
+            getall_frame = frame
+        elif isinstance(owner, Fetcher) and frame.f_code.co_name == "fetched_records":
+            drained_frame = frame
+        tb = tb.tb_next
+    if records_frame is None:
+        return None
+    records = cast(PartitionRecords, records_frame.f_locals["self"])
+    tp = records._tp
+    batch = records_frame.f_locals.get("next_batch")
+    if batch is not None:
+        base = int(batch.base_offset)
+        nxt: int | None = int(getattr(batch, "next_offset", base + 1))
+        codec = CODEC_NAMES.get(int(batch.compression_type), f"unknown ({batch.compression_type})")
+    else:  # the batch header itself could not be parsed
+        base, nxt, codec = records.next_fetch_offset, None, "unknown"
+    decoded: dict[Any, list[Any]] = {}
+    if drained_frame is not None:
+        decoded.update(drained_frame.f_locals.get("drained") or {})
+    if getall_frame is not None and getall_frame.f_locals.get("ret_list"):
+        decoded[tp] = list(getall_frame.f_locals["ret_list"])
+    undecodable = UndecodableBatch(
+        topic=tp.topic,
+        partition=tp.partition,
+        base_offset=base,
+        next_offset=nxt,
+        codec=codec,
+        error=f"{_error_name(exc)}: {exc}",
+    )
+    return DecodeFailure(TP(tp.topic, tp.partition), undecodable, decoded)
+
+
+def _error_name(exc: BaseException) -> str:
+    kind = type(exc)
+    if kind.__module__ in ("builtins", "aiokafka.errors"):
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"  # e.g. zlib.error, cramjam.DecompressionError
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with our consumer settings and batch quarantine."""
+
+    _halted: set[TP]
+    _refetched: set[tuple[TP, int]]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._halted = set()
+        self._refetched = set()
+
+    @property
+    def _rating(self) -> Transport:
+        return cast(Transport, self.transport)
+
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its fetcher (not started yet).
+        consumer._fetch_max_wait_ms = self._rating.fetch_max_wait_ms
+        if not self.consumer.in_transaction:  # Faust's exactly_once sets read_committed
+            consumer._isolation_level = self._rating.isolation_level
+        return consumer
+
+    @property
+    def stopped_partitions(self) -> Set[TP]:
+        return frozenset(self._halted)
+
+    async def _fetch_records(
+        self,
+        consumer: aiokafka.AIOKafkaConsumer,
+        active_partitions: Set[TP],
+        timeout: float | None = None,  # noqa: ASYNC109 - Faust's signature
+        max_records: int | None = None,
+    ) -> Any:
+        partitions = active_partitions
+        if self._halted and partitions:
+            partitions = {tp for tp in partitions if tp not in self._halted}
+            if not partitions:  # an empty set would mean "all partitions" to aiokafka
+                await asyncio.sleep(timeout or 0)
+                return {}
+        try:
+            return await super()._fetch_records(
+                consumer, cast(Any, partitions), timeout=timeout, max_records=max_records
+            )
+        except Exception as exc:
+            failure = decode_failure(exc)
+            if failure is None:
+                raise
+            return await self._quarantine(consumer, failure)
+
+    async def _quarantine(
+        self, consumer: aiokafka.AIOKafkaConsumer, failure: DecodeFailure
+    ) -> Mapping[Any, list[Any]]:
+        batch, tp = failure.batch, failure.tp
+        atp = aiokafka.TopicPartition(tp.topic, tp.partition)
+        key = (tp, batch.base_offset)
+        if key not in self._refetched:
+            # Maybe damaged on the way: fetch the batch once more before giving up on it.
+            self._refetched.add(key)
+            log.warning(
+                "cannot decode the record batch at %s (%s); refetching it once",
+                batch.ref,
+                batch.error,
+            )
+            consumer.seek(atp, batch.base_offset)
+            return failure.decoded
+        self._refetched.discard(key)
+        handler = self._rating.undecodable_handler
+        if handler is None:
+            action = Action.STOP
+        else:
+            # The handler publishes on the app's event loop; wait until it is durable.
+            future = asyncio.run_coroutine_threadsafe(handler(batch), self.parent_loop)
+            action = await asyncio.wrap_future(future)
+
+        if action is Action.SKIP and batch.next_offset is not None:
+            consumer.seek(atp, batch.next_offset)
+        else:
+            self._halted.add(tp)
+            log.error(
+                "STOPPED consuming %s:%s at offset %s: the record batch there cannot be "
+                "decoded (%s, codec %s); the other partitions go on. See the README runbook "
+                "RatingPartitionStopped.",
+                tp.topic,
+                tp.partition,
+                batch.base_offset,
+                batch.error,
+                batch.codec,
+            )
+        return failure.decoded
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Transport(faust_aiokafka.Transport):
+    """``rating://host:port``: Faust's aiokafka transport with :class:`ConsumerThread`."""
+
+    Consumer: ClassVar[type[Any]] = Consumer
+
+    # Configured by :func:`configure` before the worker starts.
+    fetch_max_wait_ms: int = 1500
+    isolation_level: IsolationLevel = "read_committed"
+    undecodable_handler: UndecodableHandler | None = None
+
+
+SCHEME = "rating"
+
+
+def configure(
+    app: Any,
+    *,
+    fetch_max_wait_ms: int,
+    isolation_level: IsolationLevel,
+    undecodable_handler: UndecodableHandler | None,
+) -> Transport:
+    """Set the consumer options on the app's transport; start-up checks (SettingsError)."""
+    missing = missing_codecs()
+    if missing:
+        # Without them the first batch in such a codec would be undecodable: refuse to start.
+        raise SettingsError(
+            f"aiokafka cannot decode {', '.join(missing)} on this machine: install rating's "
+            "dependencies (aiokafka[snappy,lz4,zstd], i.e. cramjam)"
+        )
+    transport = app.transport
+    if not isinstance(transport, Transport):
+        raise SettingsError(
+            f"the Faust transport is {type(transport).__name__}, not rating's: is the "
+            f"package installed (pip install -e .) so its {SCHEME!r} entry point exists?"
+        )
+    transport.fetch_max_wait_ms = fetch_max_wait_ms
+    transport.isolation_level = isolation_level
+    transport.undecodable_handler = undecodable_handler
+    return transport

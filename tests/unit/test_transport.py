@@ -1,0 +1,144 @@
+"""The rating transport against the real Faust and aiokafka classes it builds on.
+
+The transport overrides Faust methods and reads the frames of aiokafka's decoder when a batch
+cannot be decoded. These tests pin that shape: an upgrade of either library that moves it
+fails here, not in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import aiokafka
+import faust
+import pytest
+from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
+from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.record.memory_records import MemoryRecords
+from faust.transport import by_url
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from rating.settings import Settings
+from rating.streaming import transport
+from tests.batches import record_batch
+
+GOOD = [(b"acme", b"one"), (b"acme", b"two")]
+BAD = [(b"acme", b"three" * 50), (b"acme", b"four" * 50)]
+
+
+def params(function: object) -> list[str]:
+    return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+
+
+def test_faust_seams_have_the_expected_shape() -> None:
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    assert params(thread._create_worker_consumer) == ["self", "transport"]
+    assert params(thread._fetch_records) == [
+        "self",
+        "consumer",
+        "active_partitions",
+        "timeout",
+        "max_records",
+    ]
+    # getmany is where Faust calls _fetch_records; ours must be the one it reaches.
+    assert "self._fetch_records" in inspect.getsource(thread.getmany)
+    assert params(faust_aiokafka.Consumer._new_consumer_thread) == ["self"]
+    assert issubclass(transport.ConsumerThread, thread)
+    assert issubclass(transport.Transport, faust_aiokafka.Transport)
+    assert transport.Transport.Consumer is transport.Consumer
+
+
+def test_aiokafka_reads_the_options_we_set_when_it_starts() -> None:
+    async def attributes() -> tuple[int, str]:
+        consumer = aiokafka.AIOKafkaConsumer(fetch_max_wait_ms=1234)  # not started: no I/O
+        try:
+            return consumer._fetch_max_wait_ms, consumer._isolation_level
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(attributes()) == (1234, "read_uncommitted")
+    start = inspect.getsource(aiokafka.AIOKafkaConsumer.start)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in start
+    assert "isolation_level=self._isolation_level" in start
+
+
+def test_the_entry_point_registers_the_scheme() -> None:
+    assert by_url(f"{transport.SCHEME}://127.0.0.1:9092") is transport.Transport
+
+
+def test_configure_sets_the_consumer_options_on_the_apps_transport() -> None:
+    app = faust.App("t-transport", broker=f"{transport.SCHEME}://127.0.0.1:1")
+    configured = transport.configure(
+        app, fetch_max_wait_ms=77, isolation_level="read_uncommitted", undecodable_handler=None
+    )
+    assert configured is app.transport
+    assert (configured.fetch_max_wait_ms, configured.isolation_level) == (77, "read_uncommitted")
+
+
+def test_every_kafka_codec_is_installed() -> None:
+    assert transport.missing_codecs() == []
+
+
+def test_compression_and_isolation_settings_are_validated() -> None:
+    assert Settings().compression == "lz4"
+    assert Settings().isolation_level == "read_committed"
+    assert Settings(compression="ZSTD").compression == "zstd"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'none', 'gzip', 'snappy', 'lz4' or 'zstd'"):
+        Settings(compression="brotli")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="read_committed"):
+        Settings(isolation_level="serializable")  # type: ignore[arg-type]
+
+
+def _fetch_result(tp: aiokafka.TopicPartition, data: bytes, subs: SubscriptionState) -> FetchResult:
+    records = PartitionRecords(tp, MemoryRecords(data), [], 0, None, None, True, 0)
+    return FetchResult(
+        tp, assignment=subs.subscription.assignment, partition_records=records, backoff=0
+    )
+
+
+@pytest.mark.parametrize(("damage", "codec"), [("payload", "gzip"), ("crc", "none")])
+def test_a_decoding_error_is_attributed_to_its_partition_and_batch(damage: str, codec: str) -> None:
+    """Through aiokafka's real fetched_records/FetchResult/PartitionRecords."""
+    good_tp = aiokafka.TopicPartition("cdr", 0)
+    bad_tp = aiokafka.TopicPartition("cdr", 1)
+
+    async def go() -> BaseException:
+        subs = SubscriptionState()
+        subs.assign_from_user({good_tp, bad_tp})
+        for tp in (good_tp, bad_tp):
+            subs.seek(tp, 0)
+        fetcher = Fetcher.__new__(Fetcher)  # only the state fetched_records reads
+        fetcher._subscriptions = subs
+        fetcher._wait_consume_future = None
+        fetcher._records = {
+            good_tp: _fetch_result(good_tp, record_batch(GOOD), subs),
+            # A good batch, then the undecodable one at offsets 2..3, in one fetch.
+            bad_tp: _fetch_result(
+                bad_tp,
+                record_batch(GOOD) + record_batch(BAD, codec, base_offset=2, damage=damage),  # type: ignore[arg-type]
+                subs,
+            ),
+        }
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - any decoding error
+            await fetcher.fetched_records({good_tp, bad_tp}, timeout=0)
+        return caught.value
+
+    failure = transport.decode_failure(asyncio.run(go()))
+    assert failure is not None
+    assert failure.tp == ("cdr", 1)
+    batch = failure.batch
+    assert (batch.topic, batch.partition, batch.base_offset, batch.next_offset) == ("cdr", 1, 2, 4)
+    assert batch.codec == codec
+    assert batch.ref == "cdr:1 offsets 2..3"
+    # aiokafka has moved both positions past these; the transport hands them on.
+    assert {tp: [r.value for r in rs] for tp, rs in failure.decoded.items()} == {
+        good_tp: [b"one", b"two"],
+        bad_tp: [b"one", b"two"],
+    }
+
+
+def test_other_errors_are_not_taken_for_decoding_errors() -> None:
+    with pytest.raises(aiokafka.errors.KafkaError) as caught:
+        raise aiokafka.errors.KafkaConnectionError("broker gone")
+    assert transport.decode_failure(caught.value) is None
