@@ -11,6 +11,8 @@ keeps their order:
 - ``c/{tenant}/{cdr_id}``    a charge marker: ledger offset, source, amount, expiry, outputs
 - ``f/{tenant}/{event_id}``  a funds marker (same shape, no amount)
 - ``s/{tenant}``             the outputs of the latest settings message (for replays)
+- ``u/...``, ``r/{tenant}``  usage per day and product, recent activity (rating.usage);
+  written between the marker and the account, with the same ``lo`` rule
 
 Exactly once in effect, without Kafka transactions:
 
@@ -66,6 +68,7 @@ from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import summarize_validation_error
 from rating.ingest import Envelope, make_rejection
+from rating.usage import record_charge, record_funds
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,12 @@ class Ledger:
         else:
             tenants[account.tenant_id] = due
 
+    def _record(self, partition: int, charge: Charge, offset: int) -> None:
+        # Usage and recent charges: between the marker and the account (see rating.usage).
+        created = record_charge(self.store, charge, offset)
+        if created is not None:  # the row's retention rides on the marker expiry heap
+            heapq.heappush(self._expiry.setdefault(partition, []), created)
+
     def _mark(self, partition: int, key: str, marker: dict[str, Any]) -> None:
         self.store[key] = marker
         if "exp" in marker:
@@ -233,6 +242,9 @@ class Ledger:
             if lo < marker["lo"]:
                 # The marker reached the changelog but the account did not: finish the debit.
                 account, effects = apply_charge(account, Decimal(marker["amt"]), now, self.policy)
+                for out in _unpack(tenant, marker["out"]):
+                    if out.role == "charges":
+                        self._record(partition, Charge.model_validate_json(out.value), marker["lo"])
                 self._save(partition, account, marker["lo"])
                 return Result(
                     outcome="repaired", outputs=_unpack(tenant, marker["out"]), effects=[effects]
@@ -274,6 +286,7 @@ class Ledger:
                 "out": _pack(outputs),
             },
         )
+        self._record(partition, charge, offset)
         self._save(partition, account, offset)
         call_end = cdr.call_start + timedelta(seconds=cdr.duration_seconds)
         return Result(
@@ -309,6 +322,7 @@ class Ledger:
             mkey,
             {"lo": at, "src": env.source.ref, "out": _pack(outputs)},
         )
+        record_funds(self.store, event, now, at)
         self._save(partition, account, at)
         return Result(outcome="funds", outputs=outputs, effects=[effects], funds=event)
 
@@ -376,6 +390,10 @@ class Ledger:
         self._expiry.pop(partition, None)
         for tenant in [t for t, s in self._status.items() if s[0] == partition]:
             del self._status[tenant]
+
+    def tenants(self, partitions: set[int]) -> list[str]:
+        """The tenants of ``partitions`` this ledger has indexed (for the admin list)."""
+        return sorted(t for t, s in self._status.items() if s[0] in partitions)
 
     def status(self, partitions: set[int]) -> tuple[int, int, int, int]:
         """(tenants, below trigger, exhausted, outstanding commands) in ``partitions``."""
