@@ -11,7 +11,7 @@
   var max = 0;
   points.forEach(function (p) { max = Math.max(max, parseFloat(p.amount)); });
   var svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", "0 0 " + w + " " + (h + pad));
+  svg.setAttribute("viewBox", "-24 0 " + (w + 48) + " " + (h + pad));
   svg.setAttribute("class", "bars");
   var bw = (w - gap * points.length) / points.length;
   points.forEach(function (p, i) {
