@@ -100,8 +100,9 @@ def test_the_credits_page_in_a_browser(
     env = pipeline_env
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    for i in range(2):
-        workers.append(Worker(env, tmp_path, i, RATING_ADMIN_TOKEN=TOKEN).start(wait_ready=False))
+    workers.extend(
+        Worker(env, tmp_path, i, RATING_ADMIN_TOKEN=TOKEN).start(wait_ready=False) for i in range(2)
+    )
     for w in workers:
         w.wait_ready(90)
 
@@ -138,7 +139,8 @@ def test_the_credits_page_in_a_browser(
     assert Decimal(doc["totals"]["amount"]) == charged
     assert doc["totals"]["billable_seconds"] == sum(c["billable_seconds"] for c in charges.values())
     status, body = http_get(f"{other.url}/tenants/{quote(tenant, safe='')}/usage?from=yesterday")
-    assert status == 400 and "from" in json.loads(body)["error"], body
+    assert status == 400, body
+    assert "from" in json.loads(body)["error"], body
 
     context = browser.new_context(locale="en-US", viewport={"width": 1200, "height": 1600})
     page = context.new_page()
@@ -160,7 +162,8 @@ def test_the_credits_page_in_a_browser(
     page.get_by_label("Admin token").fill(TOKEN)
     page.get_by_role("button", name="Sign in").click()
     cookie = next(c for c in context.cookies() if c["name"] == "rating_admin")
-    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    assert cookie["httpOnly"], cookie
+    assert cookie["sameSite"] == "Strict", cookie
     assert TOKEN not in cookie["value"]
 
     # 2. The tenant list, gathered from both workers, searchable by id.
@@ -224,7 +227,8 @@ def test_the_credits_page_in_a_browser(
     page.get_by_role("button", name="Save changes").click()
     state = page.locator("#auto-state").inner_text()
     assert state.startswith("On"), state
-    assert "USD 30.00" in state and "USD 2.50" in state, state
+    assert "USD 30.00" in state, state
+    assert "USD 2.50" in state, state
     shot("settings-saved")
     shutil.copyfile(shot("tenant-page-after-changes"), REPO / "docs" / "admin-tenant.png")
 
