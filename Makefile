@@ -13,12 +13,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # promtool checks the alert rules; Debian's prometheus package ships it and the server.
+# chromium: the admin page's browser test drives Debian's build through Playwright.
+SUDO := $(if $(shell id -u | grep -qx 0 && echo y),,sudo)
 tools:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
 	  { echo "installing Debian's prometheus (promtool + server)"; \
-	    $(if $(shell id -u | grep -qx 0 && echo y),,sudo) apt-get update -qq && \
-	    $(if $(shell id -u | grep -qx 0 && echo y),,sudo) env DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@test -x /usr/bin/chromium || \
+	  { echo "installing Debian's chromium (for the admin page's browser test)"; \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

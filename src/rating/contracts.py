@@ -281,6 +281,41 @@ class Rejection(_Emitted):
     rejected_at: UtcTime
 
 
+# --- HTTP documents -----------------------------------------------------------------------
+
+Day = Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}$", examples=["2026-11-20"])]
+
+
+class UsageFigures(_Emitted):
+    calls: Annotated[StrictInt, Field(ge=0)]
+    billable_seconds: Annotated[StrictInt, Field(ge=0)]
+    amount: Money
+
+
+class UsageRow(UsageFigures):
+    """One tenant's usage of one product on one UTC day (of the calls' ``call_start``)."""
+
+    day: Day
+    product: Product
+
+
+class UsageReport(_Emitted):
+    """``GET /tenants/{tenant_id}/usage?from=&to=``: the sums of the tenant's Charges.
+
+    ``totals.amount`` equals the sum of the ``amount`` of the tenant's Charges whose
+    ``call_start`` falls in the period (UTC days, both ends included), to the last decimal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    tenant_id: TenantId
+    currency: Currency
+    from_: Annotated[Day, Field(alias="from")]
+    to: Day
+    rows: list[UsageRow]
+    by_product: dict[Product, UsageFigures]
+    totals: UsageFigures
+
+
 # --- rate-card file -----------------------------------------------------------------------
 
 
@@ -331,4 +366,5 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "rejection": Rejection,
     "rate-card-file": RateCardFile,
     "offline-rejection": OfflineRejection,
+    "usage-report": UsageReport,
 }

@@ -14,7 +14,8 @@ Kinds (the letter is the first component):
 - ``f/{tenant}/{event_id}``    a funds marker
 - ``s/{tenant}``               the outputs of the latest settings message
 - ``h/{tenant}/{offset}``      a message held until the tenant's first settings arrive
-- ``u/{tenant}/{day}/{product}``  usage totals of one UTC day and product
+- ``u/{tenant}/{day}/{product}``  usage totals of one UTC day and product (rating.usage)
+- ``r/{tenant}``               recent activity: the last charges and funds events (rating.usage)
 
 ``KEY_VERSION`` is stored with the state version so a worker never reads keys written under
 another encoding as if they were its own.
@@ -36,6 +37,7 @@ class KeyKind(StrEnum):
     SETTINGS = "s"
     HELD = "h"
     USAGE = "u"
+    RECENT = "r"
 
 
 def escape(part: str) -> str:
@@ -80,6 +82,10 @@ def held_key(tenant: str, offset: str) -> str:
 
 def usage_key(tenant: str, day: str, product: str) -> str:
     return make_key(KeyKind.USAGE, tenant, day, product)
+
+
+def recent_key(tenant: str) -> str:
+    return make_key(KeyKind.RECENT, tenant)
 
 
 def tenant_of(key: str) -> str:

@@ -13,6 +13,10 @@ keeps their order (encoding: :mod:`rating.keys`: each id is escaped, ``%`` -> ``
 - ``f/{tenant}/{event_id}``  a funds marker (same shape, no amount)
 - ``s/{tenant}``             the outputs of the latest settings message (for replays)
 - ``h/{tenant}/{offset}``    a CDR or funds event held until the tenant's first settings
+- ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product, recent activity
+  (:mod:`rating.usage`): written after the markers and before the account, each row once per
+  record and only if its ``lo`` is older than the record's, so a crash prefix never counts a
+  charge twice or loses one
 
 Exactly once in effect, without Kafka transactions:
 
@@ -94,6 +98,7 @@ from rating.keys import (
     split_key,
     tenant_of,
 )
+from rating.usage import record_activity
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +195,25 @@ class _Writes:
     # Markers applied by this record (written, or repaired): a second message with the same
     # id within one record (held duplicates) is a duplicate, never a second repair.
     applied: set[str] = field(default_factory=set)
+    # Usage and recent activity of this record, written once per row by _commit.
+    charges: list[Charge] = field(default_factory=list)
+    funds: list[tuple[FundsEvent, datetime]] = field(default_factory=list)
+    activity_lo: int = -1  # the ledger offset those changes belong to
 
     def set_account(self, account: Account, lo: int) -> None:
         self.account = account
         self.save_lo = lo
+
+    def add_activity(
+        self, lo: int, charge: Charge | None = None, funds: FundsEvent | None = None
+    ) -> None:
+        # One record's changes all belong to one ledger offset: the record's own, or (for a
+        # repair) that of the record whose account write was lost; a held batch shares it.
+        self.activity_lo = lo
+        if charge is not None:
+            self.charges.append(charge)
+        if funds is not None:
+            self.funds.append((funds, self.now))
 
 
 class Ledger:
@@ -248,6 +268,9 @@ class Ledger:
     def _commit(self, w: _Writes) -> None:
         for key, value in w.marks.items():
             self._mark(w.partition, key, value)
+        if w.charges or w.funds:
+            for row in record_activity(self.store, w.charges, w.funds, w.activity_lo):
+                heapq.heappush(self._expiry.setdefault(w.partition, []), row)
         if w.save_lo is not None and w.account is not None:
             self.store[account_key(w.tenant)] = {"acct": w.account.to_dict(), "lo": w.save_lo}
             self._track(w.partition, w.account)
@@ -397,6 +420,9 @@ class Ledger:
                 account, effects = apply_charge(account, Decimal(marker["amt"]), now, self.policy)
                 w.set_account(account, marker["lo"])
                 w.applied.add(mkey)
+                for out in _unpack(tenant, marker["out"]):
+                    if out.role == "charges":
+                        w.add_activity(marker["lo"], charge=Charge.model_validate_json(out.value))
                 return Result(
                     outcome="repaired", outputs=_unpack(tenant, marker["out"]), effects=[effects]
                 )
@@ -435,6 +461,7 @@ class Ledger:
         }
         w.applied.add(mkey)
         w.set_account(account, w.offset)
+        w.add_activity(w.offset, charge=charge)
         call_end = cdr.call_start + timedelta(seconds=cdr.duration_seconds)
         return Result(
             outcome="charged", outputs=outputs, charge=charge, call_end=call_end, effects=[effects]
@@ -462,6 +489,7 @@ class Ledger:
         w.marks[mkey] = {"lo": at, "src": env.source.ref, "out": _pack(tenant, outputs)}
         w.applied.add(mkey)
         w.set_account(account, at)
+        w.add_activity(at, funds=event)
         return Result(outcome="funds", outputs=outputs, effects=[effects], funds=event)
 
     def _settings(self, w: _Writes, env: Envelope, settings: TenantSettings) -> Result:
@@ -586,6 +614,10 @@ class Ledger:
         self._held_rejected.pop(partition, None)
         for tenant in [t for t, s in self._status.items() if s[0] == partition]:
             del self._status[tenant]
+
+    def tenants(self, partitions: set[int]) -> list[str]:
+        """The tenants of ``partitions`` this ledger has indexed (for the admin list)."""
+        return sorted(t for t, s in self._status.items() if s[0] in partitions)
 
     def status(self, partitions: set[int]) -> tuple[int, int, int, int]:
         """(tenants, below trigger, exhausted, outstanding commands) in ``partitions``."""

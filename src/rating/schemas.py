@@ -25,7 +25,14 @@ def render_all() -> dict[str, str]:
 
 
 # Messages we emit are described as we write them; the rest as we accept them.
-_OUTPUTS = {"charge", "recharge-command", "balance-event", "rejection", "offline-rejection"}
+_OUTPUTS = {
+    "charge",
+    "recharge-command",
+    "balance-event",
+    "rejection",
+    "offline-rejection",
+    "usage-report",
+}
 
 
 def write_all(directory: Path = SCHEMA_DIR) -> list[Path]:

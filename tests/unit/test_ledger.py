@@ -641,8 +641,9 @@ def test_every_crash_prefix_then_full_replay_debits_each_cdr_exactly_once() -> N
     original = Changelog()
     seen = run(new_ledger(original), scenario.messages, 0, T0)
     check_exactly_once(scenario, original, seen)
-    # Two writes (marker, account) for each of 2 settings, 2 credits and 5 distinct CDRs.
-    assert len(original.log) == 18
+    # Writes: marker + account for 2 settings; marker + recent ring + account for 2 credits;
+    # marker + usage row + recent ring + account for 5 distinct CDRs (rating.usage).
+    assert len(original.log) == 2 * 2 + 2 * 3 + 5 * 4
     for keep in range(len(original.log) + 1):
         store = original.crashed(keep)
         # Redelivery from offset 0 (a conservative committed offset), an hour later.
@@ -977,15 +978,19 @@ def test_tick_expires_only_markers_older_than_horizon_plus_grace() -> None:
     feed.send("cdr", cdr_doc("old", call_start=old_start))
     feed.send("cdr", cdr_doc("new", call_start=new_start))
     old_exp = old_start + HORIZON + EXPIRY_GRACE
-    keys = set(ledger.store)
+
+    def markers() -> set[str]:  # usage rows and the recent ring expire on their own terms
+        return {k for k in ledger.store if not k.startswith(("u/", "r/"))}
+
+    keys = markers()
     assert keys == {"a/t1", "s/t1", "c/t1/old", "c/t1/new"}
     # At the expiry second itself nothing goes; strictly after it, only the old CDR marker.
     feed.tick(old_exp)
-    assert set(ledger.store) == keys
+    assert markers() == keys
     feed.tick(old_exp + timedelta(seconds=1))
-    assert set(ledger.store) == keys - {"c/t1/old"}
+    assert markers() == keys - {"c/t1/old"}
     feed.tick(new_start + HORIZON + EXPIRY_GRACE + timedelta(seconds=1))
-    assert set(ledger.store) == {"a/t1", "s/t1"}  # accounts and settings never expire
+    assert markers() == {"a/t1", "s/t1"}  # accounts and settings never expire
 
 
 def test_expired_cdr_republished_is_rejected_stale_never_charged_again() -> None:
@@ -1017,7 +1022,8 @@ def test_expiry_works_after_rebuild_index_on_a_fresh_ledger() -> None:
     taker = new_ledger(ledger.store)
     taker.rebuild_index(0, list(ledger.store.items()))
     taker.tick(0, feed.offset, T0 + timedelta(days=30))
-    assert set(ledger.store) == {"a/t1", "s/t1"}
+    # Usage rows and the recent ring stay (their retention is 400 days: rating.usage).
+    assert {k for k in ledger.store if not k.startswith(("u/", "r/"))} == {"a/t1", "s/t1"}
 
 
 def test_expiry_skips_a_marker_rewritten_with_a_later_expiry() -> None:

@@ -14,6 +14,7 @@ from rating.contracts import Charge, Rejection, RejectReason
 from rating.ingest import Envelope, Kind
 from rating.keys import charge_key
 from rating.ledger import HoldPolicy, Ledger, Result
+from rating.usage import usage_report
 from tests.unit.test_ledger import (
     BOOK,
     HORIZON,
@@ -82,6 +83,19 @@ def test_cdrs_and_funds_held_in_arrival_order_are_applied_in_that_order() -> Non
     assert charge.balance_after == -cost  # debited before the credit: arrival order
     assert balance(ledger) == Decimal("1.00") - cost
     assert charge_key("t1", "c1") in ledger.store
+
+
+def test_held_cdrs_on_one_usage_row_are_all_counted() -> None:
+    ledger = hold_ledger()
+    feed = Feed(ledger)
+    docs = [cdr_doc(f"c{n}", duration=60 * (n + 1)) for n in range(3)]
+    for doc in docs:
+        feed.send("cdr", doc)
+    feed.send("settings", settings_doc())
+    day = (T0 - timedelta(hours=1)).date()
+    totals = usage_report(ledger.store, "t1", "USD", day, day)["totals"]
+    assert totals["calls"] == 3
+    assert Decimal(totals["amount"]) == sum(expected_charge(d).amount for d in docs)
 
 
 def test_a_redelivered_held_record_is_held_once() -> None:
@@ -192,9 +206,19 @@ def deliver(ledger: Ledger, messages: list[Envelope], start: int) -> dict[str, s
     return seen
 
 
+CHARGED = {  # what usage must add up to (held CDRs included), to the last decimal
+    "t1": expected_charge(cdr_doc("a", "t1", duration=61)).amount
+    + expected_charge(cdr_doc("c", "t1", duration=600)).amount,
+    "t2": expected_charge(cdr_doc("b", "t2", duration=31, destination="+447700900123")).amount,
+}
+
+
 def check(ledger: Ledger, seen: dict[str, set[str]]) -> None:
     for tenant, expected in EXPECTED.items():
         assert balance(ledger, tenant) == expected, tenant
+        day = (T0 - timedelta(hours=1)).date()
+        totals = usage_report(ledger.store, tenant, "USD", day, day)["totals"]
+        assert Decimal(totals["amount"]) == CHARGED[tenant], tenant
     assert ledger.held_total({0}) == 0
     for cdr_id, contents in seen.items():
         assert len(contents) == 1, (cdr_id, contents)  # republished only with the same content

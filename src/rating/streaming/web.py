@@ -18,28 +18,22 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from rating.contracts import AutoRecharge, FundsEvent, FundsKind, TenantSettings, format_money
+from rating.contracts import AutoRecharge, FundsEvent, FundsKind, format_money
 from rating.domain.validation import summarize_validation_error
 from rating.partitioning import partition_of
+from rating.streaming import admin_ops
+from rating.streaming.routing import ROUTED_HEADER, Route, Routing
+from rating.usage import RangeError, parse_range, usage_report
 
 if TYPE_CHECKING:
     from rating.streaming.app import Pipeline
-
-ROUTED_HEADER = "X-Rating-Routed"
 
 
 def register_views(p: Pipeline) -> None:
     app = p.app
     token = p.settings.admin_token
-
-    def owner_url(tenant: str) -> str | None:
-        """Base URL of the worker owning the tenant's partition (None: unknown yet)."""
-        partition = partition_of(tenant, p.settings.partitions)
-        changelog = p.table.changelog_topic.get_topic_name()
-        for host, topics in app.assignor.table_metadata(changelog).items():
-            if partition in topics.get(changelog, ()):
-                return str(host).rstrip("/")
-        return None
+    routing = Routing(p)
+    local_url = routing.local_url
 
     def admin_denied(view: View, request: Request) -> Response | None:
         if token is None:
@@ -54,37 +48,27 @@ def register_views(p: Pipeline) -> None:
             return resp
         return None
 
-    def local_url() -> str:
-        return str(app.conf.canonical_url).rstrip("/")
-
     async def forward(view: View, request: Request, tenant: str) -> Response | None:
         """Send the request to the owner of ``tenant``'s partition, unless we are it (None).
 
         The tenant comes from the route (already percent-decoded); the forwarded path is the
         request's own raw path, so an id with ``/`` or ``%`` reaches the owner unchanged."""
-        if request.headers.get(ROUTED_HEADER) is not None:
+        where = routing.route(tenant, request.headers.get(ROUTED_HEADER) is not None)
+        if where is Route.LOCAL:
             return None
-        url = owner_url(tenant)
-        if url is None or app.rebalancing:
+        if where is Route.BUSY:
             return view.json(
                 {"error": "partition assignment in progress"},
                 status=503,
                 headers={"Retry-After": "1"},
             )
-        if url == local_url():
-            return None
-        headers = {ROUTED_HEADER: "1"}
+        headers = {}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
-        async with app.http_client.request(
-            request.method,
-            f"{url}{request.raw_path}",
-            headers=headers,
-            data=await request.read(),
-        ) as resp:
-            return view.bytes(
-                await resp.read(), content_type="application/json", status=resp.status
-            )
+        answer = await routing.send(
+            str(where), request.method, request.raw_path, headers, await request.read()
+        )
+        return view.bytes(answer.body, content_type=answer.content_type, status=answer.status)
 
     async def admin_body(view: View, request: Request, tenant: str) -> dict[str, Any] | Response:
         """Authorise, forward to the owner if need be, and parse the JSON object body.
@@ -149,10 +133,50 @@ def register_views(p: Pipeline) -> None:
             doc["partition"] = partition_of(tenant_id, p.settings.partitions)
             return self.json(doc)
 
-    async def send_settings(settings: TenantSettings) -> None:
-        await p.topics["settings_out"].send(
-            key=settings.tenant_id.encode(), value=settings.model_dump_json().encode()
-        )
+    @app.page("/tenants/{tenant_id}/usage")
+    class UsageView(View):
+        """Consumption per UTC day and product (rating.usage), from the owner's ledger."""
+
+        async def get(self, request: Request, tenant_id: str) -> Response:
+            routed = await forward(self, request, tenant_id)
+            if routed is not None:
+                return routed
+            account = p.ledger.account(tenant_id)
+            if account is None:
+                return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
+            try:
+                first, last = parse_range(
+                    request.query.get("from"), request.query.get("to"), admin_ops.today()
+                )
+            except RangeError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            return self.json(usage_report(p.store, tenant_id, account.currency, first, last))
+
+    @app.page("/tenants/{tenant_id}/overview")
+    class OverviewView(View):
+        """Everything the admin page shows of one tenant (admin token; forwarded)."""
+
+        async def get(self, request: Request, tenant_id: str) -> Response:
+            denied = admin_denied(self, request)
+            if denied is not None:
+                return denied
+            routed = await forward(self, request, tenant_id)
+            if routed is not None:
+                return routed
+            doc = admin_ops.overview(p, tenant_id)
+            if doc is None:
+                return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
+            return self.json(doc)
+
+    @app.page("/admin/api/local-tenants")
+    class LocalTenantsView(View):
+        """This worker's own tenants (admin token): the admin page merges every worker's."""
+
+        async def get(self, request: Request) -> Response:
+            denied = admin_denied(self, request)
+            if denied is not None:
+                return denied
+            return self.json({"served_by": local_url(), "tenants": admin_ops.local_tenants(p)})
 
     @app.page("/tenants/{tenant_id}/funds")
     class FundsView(View):
@@ -182,9 +206,7 @@ def register_views(p: Pipeline) -> None:
                 return self.json({"error": detail}, status=400)
             if event.kind not in (FundsKind.MANUAL_ADD, FundsKind.ADJUSTMENT):
                 return self.json({"error": "kind must be manual_add or adjustment"}, status=400)
-            await p.topics["funds_out"].send(
-                key=tenant_id.encode(), value=event.model_dump_json().encode()
-            )
+            await admin_ops.send_funds(p, event)
             return self.json({"accepted": True, "event_id": event.event_id}, status=202)
 
     @app.page("/tenants/{tenant_id}/auto-recharge")
@@ -210,17 +232,16 @@ def register_views(p: Pipeline) -> None:
                 return self.json({"error": summarize_validation_error(exc)}, status=400)
             if auto.recharge_amount <= Decimal(0) and auto.enabled:
                 return self.json({"error": "recharge_amount must be > 0"}, status=400)
-            settings = TenantSettings(
-                tenant_id=tenant_id,
-                currency=account.currency,
-                plan=account.plan,
-                auto_recharge=auto,
-                low_balance_alert=account.low_balance_alert,
-            )
-            await send_settings(settings)
+            settings = admin_ops.with_auto_recharge(account.public_view(), auto)
+            await admin_ops.send_settings(p, settings)
             return self.json(
                 {"accepted": True, "settings": json.loads(settings.model_dump_json())}, status=202
             )
 
     # Registered for completeness of the closure set above.
     _ = (MetricsView, HealthView, ReadyView, TenantView, FundsView, AutoRechargeView)
+    _ = (UsageView, OverviewView, LocalTenantsView)
+
+    from rating.web.page import register_admin_page
+
+    register_admin_page(p, routing)

@@ -1,0 +1,1 @@
+"""The Communication Credits admin page: server-rendered HTML served by every worker."""
