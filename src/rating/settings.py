@@ -1,4 +1,7 @@
-"""Worker settings: the only place environment variables are read (prefix ``RATING_``).
+"""Worker settings: the only place the worker reads environment variables (prefix ``RATING_``).
+
+The tools that are not the worker (``rating demo``, ``billing-sim``) take a few ``RATING_*``
+overrides of their own as defaults for their command-line flags; the worker never reads those.
 
 Frozen, validated at start-up: a bad value stops the worker with a message naming the
 variable and the problem instead of failing later on the first CDR.
