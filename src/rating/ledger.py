@@ -26,6 +26,9 @@ Exactly once in effect, without Kafka transactions:
    neither (the message is simply processed again).
 2. Faust commits an input offset only after flushing the changelog, so a message whose
    effects were lost is always redelivered.
+   A local RocksDB store (``rocksdict://``) is written only after its changelog records are
+   acked, together with the changelog offset it reaches (``streaming/rocks.py``), so a
+   restart from the data dir also starts from a prefix of the changelog, never ahead of it.
 3. A redelivered message whose offset is <= the account's ``lo`` changes nothing; its stored
    outputs are published again (same content: consumers dedupe Charges by ``cdr_id``).
 4. The same CDR published twice has a different source: the marker says it was charged, so

@@ -96,6 +96,9 @@ class Env:
                 "RATING_HEARTBEAT_SECONDS": "1",
                 "RATING_COMMIT_INTERVAL_SECONDS": "0.5",
                 "RATING_TICK_SECONDS": "1",
+                # Explicit: memory is faster to start; the crash tests and one pipeline test
+                # pass ROCKSDB (each Worker has its own RATING_DATA_DIR).
+                "RATING_STORE": "memory://",
                 # Short, so tests of unknown tenants see the rejection in seconds; tests of
                 # the hold itself set their own.
                 "RATING_UNKNOWN_TENANT_HOLD_SECONDS": "3",
@@ -138,6 +141,10 @@ class Env:
         asyncio.run(go())
 
 
+#: Worker(..., **ROCKSDB): the persistent store (the production default).
+ROCKSDB = {"RATING_STORE": "rocksdict://"}
+
+
 class Worker:
     """A real `rating worker` process."""
 
@@ -151,6 +158,10 @@ class Worker:
             **extra,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.extra["RATING_DATA_DIR"])
 
     @property
     def url(self) -> str:

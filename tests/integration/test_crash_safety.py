@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import threading
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
 from tests.integration.harness import (
+    ROCKSDB,
     SAMPLE_CARDS,
     Env,
     Worker,
@@ -99,12 +101,21 @@ def _balance(worker: Worker, tenant: str) -> Decimal | None:
     return Decimal(json.loads(body)["balance"]) if status == 200 else None
 
 
+@pytest.mark.parametrize(
+    "data_dir",
+    [
+        # RocksDB: a restarted worker reopens its data dir and replays only the tail.
+        "kept",
+        # A lost disk: the restarted worker rebuilds its state from the changelog alone.
+        "deleted",
+    ],
+)
 def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
-    pipeline_env: Env, workers: list[Worker], tmp_path: Path
+    pipeline_env: Env, workers: list[Worker], tmp_path: Path, data_dir: str
 ) -> None:
     env = pipeline_env
     b = env.bootstrap
-    a, c = Worker(env, tmp_path, 0), Worker(env, tmp_path, 1)
+    a, c = Worker(env, tmp_path, 0, **ROCKSDB), Worker(env, tmp_path, 1, **ROCKSDB)
     workers.extend([a, c])
     a.start()
     c.start()
@@ -146,6 +157,8 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
                 f"{threshold} charges before a kill",
             )
             victim.kill()
+            if data_dir == "deleted":
+                shutil.rmtree(victim.data_dir, ignore_errors=True)
             victim.start(wait_ready=False)
         wait_until(sent.is_set, 120, "the platform to publish everything")
     finally:

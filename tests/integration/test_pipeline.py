@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import (
+    ROCKSDB,
     SAMPLE_CARDS,
     Env,
     Worker,
@@ -277,7 +278,8 @@ def test_two_workers_share_tenants_and_answer_for_each_other(
     pipeline_env: Env, workers: list[Worker], tmp_path: Path
 ) -> None:
     env = pipeline_env
-    a, c = Worker(env, tmp_path, 0), Worker(env, tmp_path, 1)
+    # On RocksDB (the production default): per-partition databases, reads from either worker.
+    a, c = Worker(env, tmp_path, 0, **ROCKSDB), Worker(env, tmp_path, 1, **ROCKSDB)
     workers.extend([a, c])
     a.start()
     c.start()

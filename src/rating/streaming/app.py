@@ -28,7 +28,6 @@ from rating.contracts import Rejection, RejectReason
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.ingest import Envelope, Kind, Source, make_rejection, validate
-from rating.keys import tenant_of
 from rating.ledger import HoldPolicy, Ledger, Output, Result
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
@@ -36,7 +35,7 @@ from rating.settings import Settings
 from rating.streaming import transport
 from rating.streaming.durability import drain_producer_buffer_before_commit
 from rating.streaming.quarantine import undecodable_handler
-from rating.streaming.store import SEAL_PREFIX, TableStore
+from rating.streaming.store import TableStore, key_partitioner
 
 log = logging.getLogger("rating.worker")
 
@@ -120,15 +119,7 @@ class Pipeline:
         """After a rebalance, rebuild the in-memory ledger index from the recovered table."""
         if partition in self._indexed:
             return
-        n = self.settings.partitions
-        items = [
-            (k, v)
-            for k, v in self.store.items()
-            if v is not None
-            and not k.startswith(SEAL_PREFIX)
-            and partition_of(tenant_of(k), n) == partition
-        ]
-        self.ledger.rebuild_index(partition, items)
+        self.ledger.rebuild_index(partition, self.store.items_of(partition))
         self._indexed.add(partition)
 
     def on_revoked(self) -> None:
@@ -261,6 +252,7 @@ def _faust_app(settings: Settings) -> faust.App:
         # memory store it only races standby reads against the embedded broker's end offset
         # and crashes the worker for nothing. Kept for persistent stores.
         recovery_consistency_check=not settings.store.startswith("memory"),
+        table_standby_replicas=settings.standby_replicas,
         logging_config=None,
     )
 
@@ -287,8 +279,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
         partitions=settings.partitions,
         key_type=str,
         help="Accounts and dedup markers by tenant.",
+        # RocksDB memtables and block cache (per partition database): bounded, see README.
+        options=settings.rocksdb_options() if settings.store.startswith("rocksdict") else None,
     )
-    store = TableStore(table)
+    store = TableStore(table, key_partitioner(settings.partitions))
     store.seal = settings.changelog_seal
     hold = HoldPolicy(
         seconds=settings.unknown_tenant_hold_seconds,

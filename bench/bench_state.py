@@ -1,0 +1,168 @@
+"""State at scale: changelog bytes, RSS and restart time as remembered CDRs grow (a benchmark).
+
+    python bench/bench_state.py [--small 20000] [--large 120000] [--tenants 50]
+                                [--store rocksdict://]
+
+One worker on the embedded broker. After ``--small`` and again after ``--large`` charged
+CDRs it prints: changelog bytes per remembered CDR (live: the latest value of each key, what
+a compacted changelog and the local store keep; written: every record, what a replay of an
+uncompacted changelog reads), the worker's RSS, the restart time with the data dir intact
+and with it deleted (records replayed per second), and the slopes between the two points.
+Restart time = process start to ``/ready`` (recovery done), so it includes ~seconds of
+Python and Faust start-up that do not depend on history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import asyncio  # noqa: E402
+
+from tests.integration.harness import (  # noqa: E402
+    Env,
+    Worker,
+    http_get,
+    metric_value,
+    produce,
+    read_records,
+    settings_msg,
+    wait_until,
+)
+
+from bench_pipeline import cdr_lines, publish  # noqa: E402
+from rating.broker import EmbeddedBroker  # noqa: E402
+
+
+@dataclass
+class Point:
+    cdrs: int
+    markers: int
+    live_bytes: int
+    written_bytes: int
+    records: int
+    rss: int
+    restart_kept: float
+    restart_lost: float
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def changelog_figures(env: Env) -> tuple[int, int, int, int]:
+    """(charge markers, live bytes, written bytes, records) of the accounts changelog."""
+    latest: dict[bytes, bytes | None] = {}
+    written = records = 0
+    for r in read_records(env.bootstrap, f"{env.app_id}-accounts-changelog", timeout=60):
+        records += 1
+        written += len(r.key or b"") + len(r.value or b"")
+        latest[r.key or b""] = r.value
+    live = {k: v for k, v in latest.items() if v is not None and not k.startswith(b'"~seal')}
+    markers = sum(1 for k in live if k.startswith(b'"c/'))
+    return markers, sum(len(k) + len(v or b"") for k, v in live.items()), written, records
+
+
+def timed_restart(worker: Worker, lose_data: bool) -> float:
+    worker.stop()
+    if lose_data:
+        shutil.rmtree(worker.data_dir, ignore_errors=True)
+    began = time.perf_counter()
+    worker.start(wait_ready=False)
+    worker.wait_ready(600)
+    return time.perf_counter() - began
+
+
+def charged(worker: Worker) -> float:
+    return metric_value(worker.metrics(), "rating_cdrs_charged_total")
+
+
+def measure(env: Env, worker: Worker, cdrs: int) -> Point:
+    markers, live, written, records = changelog_figures(env)
+    assert worker.proc is not None
+    rss = rss_bytes(worker.proc.pid)
+    kept = timed_restart(worker, lose_data=False)
+    lost = timed_restart(worker, lose_data=True)
+    return Point(cdrs, markers, live, written, records, rss, kept, lost)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--small", type=int, default=20000)
+    ap.add_argument("--large", type=int, default=120000)
+    ap.add_argument("--tenants", type=int, default=50)
+    ap.add_argument("--store", default="rocksdict://")
+    args = ap.parse_args()
+    tenants = [f"bench-{i}" for i in range(args.tenants)]
+    records = cdr_lines(args.large, tenants)
+    points: list[Point] = []
+    with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        env = Env(broker.bootstrap)
+        env.create_topics()
+        worker = Worker(env, Path(tmp), RATING_LOG_LEVEL="WARNING", RATING_STORE=args.store)
+        try:
+            worker.start()
+            produce(
+                broker.bootstrap, env.topic("tenant_settings"), [settings_msg(t) for t in tenants]
+            )
+            wait_until(
+                lambda: all(http_get(f"{worker.url}/tenants/{t}")[0] == 200 for t in tenants),
+                60,
+                "tenants",
+            )
+            done = 0
+            for target in (args.small, args.large):
+                asyncio.run(publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target]))
+                # The counter restarts with the worker: count what this process charged.
+                base = charged(worker)
+                wait_until(
+                    lambda t=target, d=done, b=base: charged(worker) - b >= t - d,
+                    3600,
+                    f"{target} CDRs charged",
+                    interval=1.0,
+                )
+                done = target
+                points.append(measure(env, worker, target))
+        finally:
+            worker.stop()
+    print(f"store {args.store}, tenants {args.tenants}, one worker, embedded broker")
+    print("(a shared 2-core machine: figures are indicative)")
+    for p in points:
+        print(
+            f"{p.cdrs:>7} CDRs: {p.markers} markers; changelog live {p.live_bytes / p.markers:.0f}"
+            f" B/remembered CDR, written {p.written_bytes / p.cdrs:.0f} B/CDR"
+            f" ({p.records} records); RSS {p.rss / 2**20:.0f} MiB;"
+            f" restart with data dir {p.restart_kept:.1f} s,"
+            f" without {p.restart_lost:.1f} s ({p.records / p.restart_lost:.0f} records/s"
+            " incl. start-up)"
+        )
+    if len(points) == 2:
+        a, b = points
+        n = b.markers - a.markers
+        print(f"RSS slope:                 {(b.rss - a.rss) / n:8.0f} B per remembered CDR")
+        print(
+            f"restart slope, data dir:   {(b.restart_kept - a.restart_kept) / n * 1e6:8.1f} us"
+            " per remembered CDR"
+        )
+        extra = max(1e-9, b.restart_lost - a.restart_lost)
+        print(
+            f"restart slope, no data dir:{(b.restart_lost - a.restart_lost) / n * 1e6:8.1f} us"
+            f" per remembered CDR; replay {(b.records - a.records) / extra:.0f}"
+            " records/s (marginal)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The RocksDB store seam (streaming/rocks.py, streaming/store.py) against the real Faust store.
+
+Pins the Faust internals the seam relies on: the store class and its private members, that
+recovery writes records and their offset directly, and that a live write's acked offset is
+stored only together with its state (write-behind)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from faust.stores import rocksdb as faust_rocksdb
+from faust.types import TP
+
+from rating.streaming import rocks
+from rating.streaming.store import TableStore, key_partitioner
+
+PARTITIONS = 4
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Any:
+    app = faust.App("pin", store="rocksdict://", datadir=str(tmp_path))
+    return app.Table(
+        "accounts", partitions=PARTITIONS, key_type=str, options={"write_buffer_size": 1 << 20}
+    )
+
+
+def test_rocksdict_scheme_is_our_store_with_bounded_options(table: Any) -> None:
+    store = table.data
+    assert isinstance(store, rocks.Store)
+    assert isinstance(store, faust_rocksdb.Store)
+    assert store.use_rocksdict
+    assert store.rocksdb_options.write_buffer_size == 1 << 20  # ours, from the table
+    assert store.rocksdb_options.block_cache_size == rocks.DEFAULT_OPTIONS["block_cache_size"]
+    for name in ("_dbs", "_key_index", "offset_key", "_encode_key", "_decode_value"):
+        assert hasattr(store, name), name
+    assert callable(store._db_for_partition)
+
+
+def test_commit_batch_writes_state_and_offset_per_partition(table: Any) -> None:
+    store = table.data
+    store._db_for_partition(1)
+    store._db_for_partition(2)
+    tp = TP("changelog", 2)
+    store.set_persisted_offset(tp, 7)  # a live ack: held, not written
+    assert store.persisted_offset(tp) is None
+    store.commit_batch({2: {"a/t": {"lo": 1}}})
+    assert store.persisted_offset(tp) == 7
+    assert store.get_in(2, "a/t") == {"lo": 1}
+    assert store.get_in(1, "a/t") is None  # the other partition's database
+    assert list(store.items_in(2)) == [("a/t", {"lo": 1})]
+    store.set_persisted_offset(tp, 9)
+    store.commit_batch({2: {"a/t": rocks.DELETED}})
+    assert store.get_in(2, "a/t") is None
+    assert store.persisted_offset(tp) == 9
+
+
+def test_recovery_writes_offsets_directly(table: Any) -> None:
+    store = table.data
+
+    class Msg:
+        def __init__(self, offset: int, key: bytes, value: bytes | None) -> None:
+            self.tp, self.partition, self.offset = TP("changelog", 3), 3, offset
+            self.key, self.value = key, value
+
+    class Ev:
+        def __init__(self, message: Msg) -> None:
+            self.message = message
+
+    batch = [Ev(Msg(4, b'"a/x"', b'{"lo": 4}')), Ev(Msg(5, b'"c/x/1"', b"{}"))]
+    store.apply_changelog_batch(batch, lambda k: k, lambda v: v)
+    assert store.persisted_offset(TP("changelog", 3)) == 5
+    assert store.get_in(3, "a/x") == {"lo": 4}
+
+
+def test_unopened_partition_is_never_opened_by_a_read(table: Any) -> None:
+    store = table.data
+    assert store.get_in(0, "a/t") is None
+    assert 0 not in store._dbs
+
+
+def test_table_store_holds_writes_until_the_changelog_is_acked(table: Any) -> None:
+    partition_for = key_partitioner(PARTITIONS)
+    tenant_key = "a/tenant-1"
+    p = partition_for(tenant_key)
+    table.data._db_for_partition(p)
+    sent: list[tuple[int, str, Any]] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+
+        def send_changelog(partition: int, key: str, value: Any, **_: Any) -> Any:
+            sent.append((partition, key, value))
+            fut = loop.create_future()
+            fut.set_result(None)
+            table.data.set_persisted_offset(TP("changelog", partition), len(sent))
+            return fut
+
+        table.send_changelog = send_changelog
+        store = TableStore(table, partition_for)
+        store.seal = False
+        store.partition = p
+        store[tenant_key] = {"lo": 1}
+        assert store[tenant_key] == {"lo": 1}  # the overlay
+        assert table.data.get_in(p, tenant_key) is None  # not before the ack
+        assert table.data.persisted_offset(TP("changelog", p)) is None
+        await store.durable()
+        assert table.data.get_in(p, tenant_key) == {"lo": 1}
+        assert table.data.persisted_offset(TP("changelog", p)) == 1
+        del store[tenant_key]
+        assert tenant_key not in store
+        assert dict(store.items_of(p)) == {}
+        await store.durable()
+        assert table.data.get_in(p, tenant_key) is None
+
+    asyncio.run(scenario())
+    assert sent == [(p, tenant_key, {"lo": 1}), (p, tenant_key, None)]
