@@ -15,7 +15,8 @@ Kinds (the letter is the first component):
 - ``s/{tenant}``               the outputs of the latest settings message
 - ``h/{tenant}/{offset}``      a message held until the tenant's first settings arrive
 - ``u/{tenant}/{day}/{product}``  usage totals of one UTC day and product (rating.usage)
-- ``r/{tenant}``               recent activity: the last charges and funds events (rating.usage)
+- ``r/{tenant}[/{kind}/{slot}]``  recent activity: a ring of the last charges and funds
+  events (rating.usage)
 
 ``KEY_VERSION`` is stored with the state version so a worker never reads keys written under
 another encoding as if they were its own.

@@ -16,8 +16,9 @@ Retention: a row carries ``exp`` (its day + :data:`RETENTION_DAYS`), so the ledg
 marker expiry (bounded per tick) deletes it with the markers. The day of a charge is the UTC
 day of its ``call_start``, like the CDR's own dedup horizon, so a replay lands on the same row.
 
-Recent activity: one ``r/{tenant}`` value holding the last :data:`RECENT_CHARGES` charges and
-:data:`RECENT_FUNDS` funds events (compact), with the same ``lo`` rule.
+Recent activity: the last :data:`RECENT_CHARGES` charges and :data:`RECENT_FUNDS` funds events
+(compact) in a ring of slot keys ``r/{tenant}/{kind}/{i}``, counted by ``r/{tenant}`` with the
+same ``lo`` rule.
 """
 
 from __future__ import annotations
@@ -163,21 +164,40 @@ def _push_recent(
     offset: int,
     entries: list[tuple[str, dict[str, Any]]],
 ) -> None:
+    # A ring of slots: each new entry is one small key ``r/{tenant}/{kind}/{n % limit}``, and
+    # ``r/{tenant}`` counts the entries of each kind. The slots are written first and the
+    # counter last, so a crash in between rewrites the same slots with the same entries; and
+    # one CDR costs one ~150-byte slot, not a rewrite of the whole ring.
     key = keys.recent_key(tenant)
-    ring = store.get(key) or {"lo": -1, "charges": [], "funds": []}
-    if int(ring["lo"]) >= offset:
+    counts = store.get(key) or {"lo": -1, "charges": 0, "funds": 0}
+    if int(counts["lo"]) >= offset:
         return
-    ring = {**ring, "lo": offset}
+    counts = {**counts, "lo": offset}
     for kind, entry in entries:
-        limit = RECENT_CHARGES if kind == "charges" else RECENT_FUNDS
-        ring[kind] = [entry, *ring.get(kind, [])][:limit]  # newest first
-    store[key] = ring
+        n = int(counts.get(kind, 0))
+        store[_slot(tenant, kind, n)] = {**entry, "seq": n}
+        counts[kind] = n + 1
+    store[key] = counts
+
+
+def _slot(tenant: str, kind: str, n: int) -> str:
+    limit = RECENT_CHARGES if kind == "charges" else RECENT_FUNDS
+    return keys.make_key(keys.KeyKind.RECENT, tenant, kind, str(n % limit))
 
 
 def recent(store: Mapping[str, Any], tenant: str) -> dict[str, list[dict[str, Any]]]:
     """The tenant's last charges and funds events, newest first (compact entries)."""
-    ring = store.get(keys.recent_key(tenant)) or {}
-    return {"charges": list(ring.get("charges", [])), "funds": list(ring.get("funds", []))}
+    counts = store.get(keys.recent_key(tenant)) or {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for kind, limit in (("charges", RECENT_CHARGES), ("funds", RECENT_FUNDS)):
+        total = int(counts.get(kind, 0))
+        entries = []
+        for n in range(total - 1, max(total - limit, 0) - 1, -1):
+            slot = store.get(_slot(tenant, kind, n))
+            if slot is not None and slot.get("seq") == n:
+                entries.append({k: v for k, v in slot.items() if k != "seq"})
+        out[kind] = entries
+    return out
 
 
 # --- queries --------------------------------------------------------------------------------

@@ -641,9 +641,10 @@ def test_every_crash_prefix_then_full_replay_debits_each_cdr_exactly_once() -> N
     original = Changelog()
     seen = run(new_ledger(original), scenario.messages, 0, T0)
     check_exactly_once(scenario, original, seen)
-    # Writes: marker + account for 2 settings; marker + recent ring + account for 2 credits;
-    # marker + usage row + recent ring + account for 5 distinct CDRs (rating.usage).
-    assert len(original.log) == 2 * 2 + 2 * 3 + 5 * 4
+    # Writes: marker + account for 2 settings; marker + recent slot + ring counter + account
+    # for 2 credits; marker + usage row + recent slot + ring counter + account for 5 distinct
+    # CDRs (rating.usage).
+    assert len(original.log) == 2 * 2 + 2 * 4 + 5 * 5
     for keep in range(len(original.log) + 1):
         store = original.crashed(keep)
         # Redelivery from offset 0 (a conservative committed offset), an hour later.

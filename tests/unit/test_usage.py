@@ -185,8 +185,9 @@ def test_repair_adds_usage_only_when_the_row_missed_the_debit() -> None:
     original = Changelog()
     run(new_ledger(original), scenario.messages, 0, T0)
     kinds = [k.split("/")[0] for k, _ in original.log]
-    assert kinds == ["s", "a", "c", "u", "r", "a"]  # marker -> usage -> recent -> account
-    for keep in (3, 4, 5):
+    # marker -> usage -> recent slot -> ring counter -> account
+    assert kinds == ["s", "a", "c", "u", "r", "r", "a"]
+    for keep in (3, 4, 5, 6):
         store = original.crashed(keep)
         result = new_ledger(store).handle(scenario.messages[1], 0, 1, T0)
         assert result.outcome == "repaired"

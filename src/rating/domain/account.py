@@ -91,7 +91,7 @@ FundsOutcome = Literal["applied", "ignored"]
 STATE_VERSION: Final = 2
 #: How many closed recharge commands an account remembers (to tell a billing resend from a
 #: late first answer, and to name the event that resolved a command).
-RECENT_CLOSED: Final = 16
+RECENT_CLOSED: Final = 4  # stored in every account write: keep it small
 
 ClosedHow = Literal["succeeded", "given_up", "abandoned"]
 
