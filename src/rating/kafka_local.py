@@ -184,7 +184,9 @@ class LocalKafka:
         props = self._data / "server.properties"
         props.write_text(
             _SERVER_PROPERTIES.format(
-                host=self.host, port=self.port, controller_port=self.controller_port,
+                host=self.host,
+                port=self.port,
+                controller_port=self.controller_port,
                 data=self._data,
             ),
             encoding="utf-8",
@@ -192,25 +194,44 @@ class LocalKafka:
         log4j = self._data / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(level=self.log_level), encoding="utf-8")
         base = [
-            java, f"-Xmx{self.heap}", f"-Xms{min_heap(self.heap)}", "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{lib}/*",
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{min_heap(self.heap)}",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            "-cp",
+            f"{lib}/*",
         ]
         out: int | IO[bytes] = subprocess.DEVNULL
         if self.log is not None:
             self._log_file = self.log.open("ab")
             out = self._log_file
         fmt = subprocess.run(
-            [*base, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-             "-t", cluster_id(), "-c", str(props)],
-            stdout=out, stderr=subprocess.STDOUT, check=False, timeout=timeout,
+            [
+                *base,
+                "kafka.tools.StorageTool",
+                "format",
+                "--ignore-formatted",
+                "-t",
+                cluster_id(),
+                "-c",
+                str(props),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=timeout,
         )
         if fmt.returncode != 0:
             raise LocalKafkaError(f"kafka StorageTool format exited {fmt.returncode} (see log)")
         # Own process group: a Ctrl-C meant for the test runner is not also the broker's.
         self.proc = subprocess.Popen(
             [*base, "kafka.Kafka", str(props)],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         wait_for_port(self.host, self.port, timeout, self.proc)
