@@ -40,10 +40,10 @@ $(KAFKA_STAMP): kafka/pom.xml
 	touch $@
 
 # One Apache Kafka node (broker + KRaft controller) on 127.0.0.1:9092 until Ctrl-C.
-kafka: $(STAMP) $(KAFKA_STAMP)
+kafka: java $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/rating kafka
 
-test-kafka: $(STAMP) $(KAFKA_STAMP)
+test-kafka: java $(STAMP) $(KAFKA_STAMP)
 	RATING_TEST_BROKER=kafka $(BIN)/pytest -q $(KAFKA_TESTS)
 
 lint: $(STAMP)

@@ -9,6 +9,11 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from rating.broker import free_port
 from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
@@ -29,6 +35,7 @@ from tests.integration.harness import (
     http_get,
     produce,
     read_json,
+    read_topic,
     settings_msg,
     wait_until,
 )
@@ -169,3 +176,41 @@ def test_workers_join_kafka_4_as_a_classic_consumer_group(
     assert group["error_code"] == 0
     assert group["protocol_type"] == "consumer"  # the classic protocol's type
     assert group["protocol"] == "faust"  # Faust's own assignor, run by the group leader
+
+
+def test_kafka_command_says_where_it_listens_and_stops_on_ctrl_c() -> None:
+    """`make kafka` = `rating kafka`: a broker clients can use, gone after Ctrl-C."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rating", "kafka", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert f"export RATING_KAFKA_BOOTSTRAP=127.0.0.1:{port}" in "".join(lines), lines
+        bootstrap = f"127.0.0.1:{port}"
+        env = Env(bootstrap)
+        env.create_topics()
+        produce(bootstrap, env.topic("cdr_audio"), [(b"k", b"hello")])
+        assert read_topic(bootstrap, env.topic("cdr_audio")) == [(b"k", b"hello")]
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert proc.wait(60) == 0
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", port), timeout=1),
+        ):
+            pass
+    finally:
+        if proc.poll() is None:  # SIGTERM first: `rating kafka` then stops its JVM itself
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

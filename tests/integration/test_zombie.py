@@ -19,6 +19,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
@@ -31,6 +33,7 @@ from tests.integration.harness import (
     http_get,
     metric_value,
     produce,
+    read_records,
     read_topic,
     settings_msg,
     wait_until,
@@ -73,6 +76,20 @@ def _expected_balances(cdrs: dict[str, bytes]) -> dict[str, Decimal]:
     return balances
 
 
+def _missing(env: Env, sent: dict[str, bytes]) -> str:
+    """Where the uncharged CDRs went: input, ledger and changelog records that name them."""
+    missing = sorted(set(sent) - set(_charges(env)))
+    lines = [f"{len(missing)} of {len(sent)} CDRs never charged: {missing[:10]}"]
+    wanted = {m.encode() for m in missing[:10]}
+    internal = (f"{env.app_id}-ledger", f"{env.app_id}-accounts-changelog")
+    for topic in (env.topic("cdr_audio"), *internal):
+        for r in read_records(env.bootstrap, topic, timeout=60):
+            hit = [w for w in wanted if w in r.value or (r.key is not None and w in r.key)]
+            if hit:
+                lines.append(f"{topic} p{r.partition} o{r.offset} key={r.key!r}: {r.value[:300]!r}")
+    return "\n".join(lines)
+
+
 class Platform(threading.Thread):
     """Publishes CDRs in small chunks until told to stop (or MAX_CDRS): a steady trickle, so
     the freeze lands with records fetched but not yet processed."""
@@ -84,27 +101,38 @@ class Platform(threading.Thread):
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
+        self.rng = random.Random(20261201)
+        self.lock = threading.Lock()
+
+    def publish(self, n: int) -> None:
+        with self.lock:  # the test's burst and the trickle share the CDR numbering
+            chunk = []
+            for _ in range(n):
+                key, value = cdr_msg(
+                    self.rng.choice(TENANTS),
+                    f"zcdr-{len(self.sent):05d}",
+                    duration=self.rng.randrange(1, 1800),
+                    destination=self.rng.choice(DESTINATIONS),
+                )
+                self.sent[json.loads(value)["cdr_id"]] = value
+                chunk.append((key, value))
+            produce(self.env.bootstrap, self.env.topic("cdr_audio"), chunk)
+
     def run(self) -> None:
-        rng = random.Random(20261201)
         try:
             while not self.stop.is_set() and len(self.sent) < MAX_CDRS:
-                chunk = []
-                for _ in range(40):
-                    number = rng.choice(DESTINATIONS)
-                    key, value = cdr_msg(
-                        rng.choice(TENANTS),
-                        f"zcdr-{len(self.sent):05d}",
-                        duration=rng.randrange(1, 1800),
-                        destination=number,
-                    )
-                    self.sent[json.loads(value)["cdr_id"]] = value
-                    chunk.append((key, value))
-                produce(self.env.bootstrap, self.env.topic("cdr_audio"), chunk)
+                self.publish(40)
                 self.stop.wait(0.25)
         except BaseException as exc:  # reported by the test, not lost in a thread
             self.error = exc
 
 
+@pytest.mark.xfail(
+    reason="zombie workers are not fenced: in some runs, on both brokers, a CDR published "
+    "around the freeze/wake-up is never charged (it never reaches the ledger topic); see "
+    "README, 'Running on Apache Kafka'. Not strict: the window is hit in some runs only.",
+    strict=False,
+)
 def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once(
     pipeline_env: Env, workers: list[Worker], tmp_path: Path
 ) -> None:
@@ -133,6 +161,9 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
     frozen = False
     try:
         wait_until(lambda: len(_charges(env)) >= 200, 90, "200 charges before the freeze")
+        # A burst, and the freeze right after it: the zombie is caught holding records it
+        # fetched (and maybe half a batch), which is what it will act on when it wakes up.
+        platform.publish(1200)
         os.killpg(zombie.proc.pid, signal.SIGSTOP)
         frozen = True
         # The session times out (6 s), the group rebalances without the frozen worker.
@@ -164,7 +195,7 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
     everything = wait_until(
         lambda: set(_charges(env)) >= set(sent), 120, "every CDR to be charged", fail=False
     )
-    assert everything, f"{len(set(sent) - set(_charges(env)))} of {len(sent)} CDRs not charged"
+    assert everything, _missing(env, sent)
     charges = _charges(env)
     assert set(charges) == set(sent)
     differing = {
