@@ -21,11 +21,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from rating.broker import free_port
 from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
+from rating.settings import Settings, Topics
+from rating.streaming.topics import contract_topics
 from tests.integration.harness import (
     SAMPLE_CARDS,
     Env,
@@ -214,3 +217,43 @@ def test_kafka_command_says_where_it_listens_and_stops_on_ctrl_c() -> None:
                 proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def settings_kwargs(env: Env) -> dict[str, Any]:
+    """The worker's Settings as the harness configures it (topic names, app id)."""
+    topics = Topics(**{f: env.topic(f) for f in Topics.model_fields})
+    return {"app_id": env.app_id, "topics": topics, "partitions": env.partitions}
+
+
+def topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    async def go() -> dict[str, dict[str, str]]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+            out: dict[str, dict[str, str]] = {}
+            for response in await admin.describe_configs(resources):
+                for error, _msg, _type, name, entries in (r[:5] for r in response.resources):
+                    assert error == 0, (name, error)
+                    out[name] = {e[0]: e[1] for e in entries}
+            return out
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def test_a_worker_on_an_empty_cluster_creates_topics_as_the_deployment_does(
+    bootstrap: str, workers: list[Worker], tmp_path: Path
+) -> None:
+    """No topics up front: the worker creates them all, with the configs the compose and
+    Kubernetes topic script gives them (compaction, retention, min ISR), as Kafka reports."""
+    env = Env(bootstrap)  # no env.create_topics()
+    w = Worker(env, tmp_path, 0)
+    workers.append(w)
+    w.start()
+    wanted = contract_topics(Settings(**settings_kwargs(env)))
+    actual = topic_configs(bootstrap, sorted(wanted))
+    for name, configs in wanted.items():
+        got = {key: actual[name].get(key) for key in configs}
+        assert got == configs, name
