@@ -82,9 +82,12 @@ def broker_worker_env() -> dict[str, str]:
     """Worker settings that depend on the broker, as deployed on it.
 
     The changelog seal only works around Tansu's end offsets; on Apache Kafka the workers run
-    without it (README, "Running on Apache Kafka"), and the crash tests prove that safe.
+    without it (README, "Running on Apache Kafka"). RATING_TEST_CHANGELOG_SEAL overrides.
     """
-    return {"RATING_CHANGELOG_SEAL": "false"} if broker_under_test() == "kafka" else {}
+    seal = os.environ.get("RATING_TEST_CHANGELOG_SEAL")  # to compare both ways on one broker
+    if seal is None:
+        seal = "false" if broker_under_test() == "kafka" else "true"
+    return {"RATING_CHANGELOG_SEAL": seal}
 
 
 @dataclass
