@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit integration bench schemas clean tools
+.PHONY: test demo lint typecheck unit integration bench schemas clean tools kafka test-kafka java
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,32 @@ tools:
 	    $(SUDO) apt-get update -qq && \
 	    $(SUDO) env DEBIAN_FRONTEND=noninteractive \
 	      apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+# Apache Kafka from Maven Central (kafka/pom.xml pins the release) into the git-ignored .kafka/.
+KAFKA_LIB := .kafka/lib
+KAFKA_STAMP := $(KAFKA_LIB)/.resolved
+# The integration modules that run on both brokers, plus the Kafka-only ones.
+KAFKA_TESTS := tests/integration/test_pipeline.py tests/integration/test_credits.py \
+  tests/integration/test_admin.py tests/integration/test_worker_lifecycle.py \
+  tests/integration/test_crash_safety.py tests/integration/test_zombie.py \
+  tests/integration/test_kafka_only.py
+
+java:
+	@command -v java >/dev/null 2>&1 || { echo "Java 17 and Maven are needed for make test-kafka: no java on PATH (Debian: apt-get install openjdk-17-jre-headless maven)" >&2; exit 1; }
+	@command -v mvn >/dev/null 2>&1 || { echo "Java 17 and Maven are needed for make test-kafka: no mvn on PATH (Debian: apt-get install maven)" >&2; exit 1; }
+
+$(KAFKA_STAMP): kafka/pom.xml
+	@$(MAKE) --no-print-directory java
+	rm -rf $(KAFKA_LIB)
+	mvn -q -B -f kafka/pom.xml package
+	touch $@
+
+# One Apache Kafka node (broker + KRaft controller) on 127.0.0.1:9092 until Ctrl-C.
+kafka: java $(STAMP) $(KAFKA_STAMP)
+	$(BIN)/rating kafka
+
+test-kafka: java $(STAMP) $(KAFKA_STAMP)
+	RATING_TEST_BROKER=kafka $(BIN)/pytest -q $(KAFKA_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

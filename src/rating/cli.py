@@ -1,4 +1,4 @@
-"""The `rating` command: broker, worker, rate, schemas, demo and the admin/billing tools."""
+"""The `rating` command: broker, kafka, worker, rate, schemas, demo and the admin/billing tools."""
 
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _broker(args: argparse.Namespace) -> int:
     from rating.broker import run_foreground
+
+    return run_foreground(args.host, args.port)
+
+
+def _kafka(args: argparse.Namespace) -> int:
+    from rating.kafka_local import run_foreground
 
     return run_foreground(args.host, args.port)
 
@@ -100,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(handler=_broker)
+
+    p = sub.add_parser(
+        "kafka", help="run Apache Kafka (from Maven Central, needs Java 17) in the foreground"
+    )
+    p.add_argument("--port", type=int, default=9092)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(handler=_kafka)
 
     p = sub.add_parser("worker", help="run one pipeline worker (settings from RATING_* env)")
     p.set_defaults(handler=_worker)

@@ -67,6 +67,29 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+BROKERS = ("tansu", "kafka")
+
+
+def broker_under_test() -> str:
+    """Which broker the suite runs on (RATING_TEST_BROKER): ``tansu`` or ``kafka``."""
+    kind = os.environ.get("RATING_TEST_BROKER", "tansu").strip().lower() or "tansu"
+    if kind not in BROKERS:
+        raise ValueError(f"RATING_TEST_BROKER={kind!r}: expected one of {', '.join(BROKERS)}")
+    return kind
+
+
+def broker_worker_env() -> dict[str, str]:
+    """Worker settings that depend on the broker, as deployed on it.
+
+    The changelog seal only works around Tansu's end offsets; on Apache Kafka the workers run
+    without it (README, "Running on Apache Kafka"). RATING_TEST_CHANGELOG_SEAL overrides.
+    """
+    seal = os.environ.get("RATING_TEST_CHANGELOG_SEAL")  # to compare both ways on one broker
+    if seal is None:
+        seal = "false" if broker_under_test() == "kafka" else "true"
+    return {"RATING_CHANGELOG_SEAL": seal}
+
+
 @dataclass
 class Env:
     """One isolated pipeline: unique app id and topic names on a shared broker."""
@@ -75,6 +98,7 @@ class Env:
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     input_partitions: int = 3
     partitions: int = 4
+    broker_env: dict[str, str] = field(default_factory=broker_worker_env)
 
     @property
     def app_id(self) -> str:
@@ -108,6 +132,7 @@ class Env:
         )
         for f in TOPIC_FIELDS:
             env[f"RATING_TOPIC_{f.upper()}"] = self.topic(f)
+        env.update(self.broker_env)
         env.update(extra)
         return env
 

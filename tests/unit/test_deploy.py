@@ -8,17 +8,25 @@ a RATING_* variable the worker never reads, topics or partition counts that drif
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import re
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
+from rating.kafka_local import pinned_version
 from rating.metrics import Metrics
 from rating.settings import Settings, Topics
+from rating.streaming import topics as topics_module
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -505,3 +513,137 @@ def test_every_alert_has_a_firing_unit_test() -> None:
     alerts = {rule["alert"] for rule in rules("alerts.yml") if "alert" in rule}
     assert alerts <= firing, f"alerts never shown firing: {alerts - firing}"
     assert quiet, "at least one test must show an alert staying quiet"
+
+
+# --------------------------------------------------------------------------- schemas and versions
+
+COMPOSE_SCHEMA = "check_jsonschema/builtin_schemas/vendor/compose-spec.json"
+# The oldest Kubernetes release the manifests must validate on, and the newest schemas shipped.
+K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
+
+
+def _compose_schema() -> dict[str, Any]:
+    """The Compose specification's JSON Schema as vendored (with its license) by the PyPI
+    package check-jsonschema; nothing is fetched at test time. Read as a data file, not
+    imported: the package's CLI needs a newer click than faust allows."""
+    path = Path(str(metadata.distribution("check-jsonschema").locate_file(COMPOSE_SCHEMA)))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    schema = _compose_schema()
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    errors = sorted(validator.iter_errors(load_yaml(COMPOSE)), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_compose_schema_check_catches_a_mistake() -> None:
+    validator = jsonschema.Draft202012Validator(_compose_schema())
+    broken = load_yaml(COMPOSE)
+    broken["services"]["kafka"]["helthcheck"] = broken["services"]["kafka"].pop("healthcheck")
+    assert any("helthcheck" in e.message for e in validator.iter_errors(broken))
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_k8s_manifests_are_valid_against_the_kubernetes_schemas(
+    manifests: list[dict[str, Any]], version: str
+) -> None:
+    problems = []
+    for doc in manifests:
+        try:
+            # strict: an unknown (e.g. misspelt or misplaced) field is an error too.
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.caught.absolute_path)  # type: ignore[attr-defined]
+            problems.append(f"{doc['kind']} {doc['metadata']['name']}: {path}: {exc.message}")
+    assert not problems, "\n".join(problems)
+
+
+def test_k8s_schema_check_catches_a_mistake(manifests: list[dict[str, Any]]) -> None:
+    job = copy.deepcopy(one(manifests, "Job"))
+    job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
+
+
+def kafka_images() -> dict[str, str]:
+    """Where an apache/kafka image is used -> its tag."""
+    images = {
+        f"docker-compose.yml {name}": service["image"]
+        for name, service in load_yaml(COMPOSE)["services"].items()
+        if str(service.get("image", "")).startswith("apache/kafka:")
+    }
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            for container in (
+                (doc or {})
+                .get("spec", {})
+                .get("template", {})
+                .get("spec", {})
+                .get("containers", [])
+            ):
+                if container["image"].startswith("apache/kafka:"):
+                    images[f"{path.name} {container['name']}"] = container["image"]
+    return {where: image.split(":", 1)[1] for where, image in images.items()}
+
+
+def test_kafka_release_is_the_same_in_compose_kubernetes_and_the_tests() -> None:
+    tested = pinned_version()  # kafka/pom.xml: the broker `make test-kafka` runs
+    images = kafka_images()
+    assert {"docker-compose.yml kafka", "docker-compose.yml topics"} <= set(images)
+    assert any(where.startswith("topics-job.yaml") for where in images)
+    wrong = {where: tag for where, tag in images.items() if tag != tested}
+    assert not wrong, f"kafka/pom.xml pins {tested}; these differ: {wrong}"
+    assert tested.split(".")[0] == "4", "the suite tests a Kafka 4 release (KRaft only)"
+
+
+def script_topic_configs(replication: int) -> dict[str, dict[str, str]]:
+    """The topics create-topics.sh creates, with every $VAR and $((...)) evaluated."""
+    text = TOPICS_SCRIPT.read_text(encoding="utf-8")
+    env: dict[str, str] = {"APP_ID": "rating", "REPLICATION": str(replication)}
+    env["MIN_ISR"] = "2" if replication > 1 else "1"
+    for name, expr in re.findall(r"^([A-Z_]+)=\$\(\((.+)\)\)$", text, flags=re.MULTILINE):
+        expanded = re.sub(r"[A-Z_]+", lambda m: env[m.group(0)], expr)
+        assert re.fullmatch(r"[\d\s*]+", expanded), f"{name}: only products are understood"
+        env[name] = str(math.prod(int(factor) for factor in expanded.split("*")))
+    default_configs = re.search(r'for config in (".+?") "\$@"', text)
+    assert default_configs is not None, "create() adds a config to every topic"
+
+    def expand(word: str) -> str:
+        return re.sub(r"\$([A-Z_]+)", lambda m: env[m.group(1)], word.strip('"'))
+
+    common = [expand(default_configs.group(1))]
+    topics = {}
+    for name, configs in created_topics().items():
+        pairs = [expand(c).split("=", 1) for c in [*common, *configs]]
+        topics[expand(name)] = dict(pairs)
+    return topics
+
+
+@pytest.mark.parametrize("replication", [1, 3])
+def test_workers_create_topics_exactly_as_the_deployment_does(replication: int) -> None:
+    """A worker that creates a missing topic gives it the deployment's configs: compaction of
+    the settings and the changelog, retention of everything else, min ISR."""
+    worker = topics_module.contract_topics(Settings(replication=replication))
+    assert worker == script_topic_configs(replication)
+
+
+def test_compose_and_kubernetes_create_topics_with_the_workers_replication(
+    services: dict[str, Any], manifests: list[dict[str, Any]]
+) -> None:
+    compose_topics = env_dict(services["topics"]["environment"])
+    for name in WORKERS:
+        worker_env = env_dict(services[name]["environment"])
+        assert worker_env["RATING_REPLICATION"] == compose_topics["REPLICATION"]
+    (job_container,) = one(manifests, "Job")["spec"]["template"]["spec"]["containers"]
+    job_env = {item["name"]: item.get("value") for item in job_container["env"]}
+    assert job_env["REPLICATION"] == config_data(manifests)["RATING_REPLICATION"]
+
+
+def test_deployments_on_apache_kafka_run_without_seal_records(
+    services: dict[str, Any], manifests: list[dict[str, Any]]
+) -> None:
+    """Seal records only work around Tansu's end offsets; make test-kafka runs without them."""
+    for name in WORKERS:
+        assert env_dict(services[name]["environment"])["RATING_CHANGELOG_SEAL"] == "false"
+    assert config_data(manifests)["RATING_CHANGELOG_SEAL"] == "false"

@@ -1,4 +1,4 @@
-"""Declaring the contract topics, so a worker starts against an empty cluster.
+"""Declaring the topics, so a worker starts against an empty cluster.
 
 On a production cluster the topics are created up front (deploy/k8s/topics job) and this
 only confirms they exist; it never changes an existing topic.
@@ -17,19 +17,52 @@ from rating.settings import Settings
 log = logging.getLogger(__name__)
 
 
+DAY_MS = 24 * 3600 * 1000
+# The same figures as deploy/kafka/create-topics.sh (tests/unit/test_deploy.py keeps them equal).
+# CDRs and funds: as long as the workers remember cdr_ids (the default dedup horizon, 7 days).
+INPUT_RETENTION_MS = 7 * DAY_MS
+# Outputs others consume: room for a consumer that was down over a long weekend.
+OUTPUT_RETENTION_MS = 7 * DAY_MS
+# Charges and rejections are what operators replay or reconcile from: keep a month.
+AUDIT_RETENTION_MS = 30 * DAY_MS
+
+
+def ledger_topic(settings: Settings) -> str:
+    return f"{settings.app_id}-ledger"
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The accounts table's changelog, named as Faust names it."""
+    return f"{settings.app_id}-accounts-changelog"
+
+
 def contract_topics(settings: Settings) -> dict[str, dict[str, str]]:
-    """Topic name -> config for every topic in CONTRACTS.md."""
+    """Topic name -> config for every topic in CONTRACTS.md and the two internal ones.
+
+    Identical to what deploy/kafka/create-topics.sh creates for compose and Kubernetes, so a
+    worker that creates a missing topic creates it as the deployment would.
+    """
     t = settings.topics
-    compacted = {"cleanup.policy": "compact"}
+    min_isr = {"min.insync.replicas": "2" if settings.replication > 1 else "1"}
+
+    def delete(retention_ms: int) -> dict[str, str]:
+        return {**min_isr, "cleanup.policy": "delete", "retention.ms": str(retention_ms)}
+
+    # Latest settings per tenant and the accounts' state forever: compacted, never by age.
+    compacted = {**min_isr, "cleanup.policy": "compact"}
     return {
-        t.cdr_audio: {},
-        t.cdr_tollfree: {},
+        t.cdr_audio: delete(INPUT_RETENTION_MS),
+        t.cdr_tollfree: delete(INPUT_RETENTION_MS),
+        t.funds: delete(INPUT_RETENTION_MS),
         t.tenant_settings: compacted,
-        t.funds: {},
-        t.charges: {},
-        t.recharge_commands: {},
-        t.balance_events: {},
-        t.rejected: {},
+        t.charges: delete(AUDIT_RETENTION_MS),
+        t.rejected: delete(AUDIT_RETENTION_MS),
+        t.recharge_commands: delete(OUTPUT_RETENTION_MS),
+        t.balance_events: delete(OUTPUT_RETENTION_MS),
+        # Created here rather than by Faust, which would leave retention and min ISR to the
+        # broker's defaults: the ledger is a repartition topic, the changelog is the state.
+        ledger_topic(settings): delete(INPUT_RETENTION_MS),
+        changelog_topic(settings): compacted,
     }
 
 
