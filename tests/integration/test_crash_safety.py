@@ -7,6 +7,7 @@ decimal place.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import shutil
@@ -16,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
@@ -29,6 +31,7 @@ from tests.integration.harness import (
     funds_msg,
     http_get,
     produce,
+    read_records,
     read_topic,
     settings_msg,
     wait_until,
@@ -94,6 +97,46 @@ def _diagnosis(worker: Worker) -> str:
     )
     lines = [ln for ln in text.splitlines() if ln.startswith(wanted)]
     return f"--- worker {worker.url} (metrics {status}), log {worker.log_path}\n" + "\n".join(lines)
+
+
+def _trace(env: Env, missing: list[str]) -> str:
+    """Where each missing CDR is: its input coordinates, whether ingest forwarded it to the
+    ledger topic, and the group's committed offset of its input partition (for the issue of
+    offsets committed past records nobody processed)."""
+    try:
+        committed = asyncio.run(_committed(env))
+    except Exception as exc:  # a diagnosis must never hide the failure it explains
+        return f"(no trace: {type(exc).__name__}: {exc})"
+    ledger = read_records(env.bootstrap, f"{env.app_id}-ledger", timeout=30)
+    lines = []
+    for field in ("cdr_audio", "cdr_tollfree"):
+        topic = env.topic(field)
+        for rec in read_records(env.bootstrap, topic, timeout=30):
+            cdr_id = json.loads(rec.value)["cdr_id"]
+            if cdr_id not in missing:
+                continue
+            forwarded = [f"{r.partition}:{r.offset}" for r in ledger if cdr_id.encode() in r.value]
+            lines.append(
+                f"{cdr_id}: {topic}[{rec.partition}]@{rec.offset}, group committed "
+                f"{committed.get((topic, rec.partition))}, on the ledger topic at {forwarded}"
+            )
+    return "\n".join(lines)
+
+
+async def _committed(env: Env) -> dict[tuple[str, int], int | None]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=env.bootstrap, group_id=env.app_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        out: dict[tuple[str, int], int | None] = {}
+        for field in ("cdr_audio", "cdr_tollfree"):
+            topic = env.topic(field)
+            for p in sorted(consumer.partitions_for_topic(topic) or ()):
+                out[(topic, p)] = await consumer.committed(TopicPartition(topic, p))
+        return out
+    finally:
+        await consumer.stop()
 
 
 def _balance(worker: Worker, tenant: str) -> Decimal | None:
@@ -175,6 +218,8 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
         missing = sorted(set(unique) - set(_charges(env)))
         pytest.fail(
             f"{len(missing)} CDRs never charged, e.g. {missing[:5]}\n"
+            + _trace(env, missing[:20])
+            + "\n"
             + "\n".join(_diagnosis(w) for w in (a, c))
         )
     charges = _charges(env)
