@@ -144,14 +144,15 @@ def noop_rate(bootstrap: str, records: Records, log_dir: Path, run: int) -> floa
 # --- the workers --------------------------------------------------------------------------
 
 
-def charges(env: Env, n: int) -> list[Any]:
-    """All ``n`` Charges of the run (waits until they are on rating.charges)."""
+def charges(env: Env, workers: list[Worker], n: int) -> list[Any]:
+    """All ``n`` Charges of the run, once the workers have charged them all."""
+    wait_until(lambda: charged(workers) >= n, 60 + n / 50, f"{n} CDRs charged", interval=0.5)
 
     def read() -> list[Any]:
         got = read_records(env.bootstrap, env.topic("charges"), timeout=60)
         return got if len(got) >= n else []
 
-    return list(wait_until(read, 120, f"{n} Charges on rating.charges", interval=0.5))
+    return list(wait_until(read, 60, f"{n} Charges on rating.charges", interval=1))
 
 
 def charged(workers: list[Worker]) -> float:
@@ -196,7 +197,7 @@ def worker_rate(
     env, workers = start_pipeline(broker, log_dir, tenants, count)
     try:
         publish(broker.bootstrap, env.topic("cdr_audio"), records)
-        got = charges(env, len(records))
+        got = charges(env, workers, len(records))
     finally:
         for w in workers:
             w.stop()
@@ -235,7 +236,7 @@ def latency(
     records = cdr_records(n, tenants, prefix="L")
     try:
         asyncio.run(_paced(broker.bootstrap, env.topic("cdr_audio"), records, rate))
-        got = charges(env, n)
+        got = charges(env, workers, n)
     finally:
         for w in workers:
             w.stop()

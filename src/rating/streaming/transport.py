@@ -18,6 +18,14 @@ Registered as the ``rating`` transport (entry point ``faust.transports`` in pypr
   the batch) or ``STOP`` (that partition alone is no longer fetched; the others go on).
   The first failure at a batch only refetches it, in case the bytes were damaged in transit.
 
+- **Flush before commit, for real.** Faust commits an input offset only after
+  ``producer.flush()``, but its ``ProducerBuffer.flush`` returns as soon as no buffered
+  message leaves within 100 ms (e.g. while the Kafka client applies back-pressure), with
+  table changelog records still queued: an offset could be committed ahead of the state it
+  produced. :meth:`Producer.flush` drains the buffer until it is empty, then lets Faust
+  flush the Kafka client. (This replaced a process-wide patch of ``ProducerBuffer.flush``;
+  a unit test pins the Faust shapes it relies on.)
+
 The attribution reads the traceback of the decoding error (the aiokafka ``PartitionRecords``
 and ``FetchResult`` frames it passes through). That is aiokafka's inside, not an API: the
 unit tests decode a real corrupt batch through those classes and fail if their shape changes.
@@ -252,10 +260,23 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class Producer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer whose ``flush`` empties the buffer before it returns."""
+
+    async def flush(self) -> None:
+        buffer = self.buffer
+        # ProducerBuffer.flush gives up after 100 ms without progress; a commit must not
+        # follow until every changelog record has been handed to the Kafka client.
+        while buffer.size:
+            await buffer.flush()
+        await super().flush()  # the (now empty) buffer, then the Kafka client's own flush
+
+
 class Transport(faust_aiokafka.Transport):
-    """``rating://host:port``: Faust's aiokafka transport with :class:`ConsumerThread`."""
+    """``rating://host:port``: Faust's aiokafka transport with our Consumer and Producer."""
 
     Consumer: ClassVar[type[Any]] = Consumer
+    Producer: ClassVar[type[Any]] = Producer
 
     # Configured by :func:`configure` before the worker starts.
     fetch_max_wait_ms: int = 1500
