@@ -143,6 +143,45 @@ def _classify(raw: bytes | str, exc: ValidationError) -> Invalid:
     return Invalid(RejectReason.SCHEMA, summarize_validation_error(exc))
 
 
+class Validated:
+    """The models ingest validated, by kind and payload text, for the ledger of this process.
+
+    Ingest validates every input message; the ledger (usually in the same worker) parses the
+    envelope's payload again. Models are frozen and validating the same text always gives
+    an equal model, so the ledger may take ingest's instead: :func:`parse_validated`. A
+    bounded FIFO: a miss (another worker's ingest, a restart, a replay) just validates.
+    """
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._models: dict[tuple[Kind, str], BaseModel] = {}
+
+    def put(self, kind: Kind, text: str, model: BaseModel) -> None:
+        models = self._models
+        if len(models) >= self.size:
+            del models[next(iter(models))]  # the oldest
+        models[(kind, text)] = model
+
+    def take(self, kind: Kind, text: str) -> BaseModel | None:
+        return self._models.pop((kind, text), None)
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+#: Filled by :func:`validate`, read by :func:`parse_validated`.
+VALIDATED = Validated()
+
+
+def parse_validated(env: Envelope) -> BaseModel:
+    """The envelope's payload as its model: ingest's validated one if this process has it,
+    else validated now (raising ``ValidationError`` like ``model_validate_json``)."""
+    model = VALIDATED.take(env.kind, env.payload)
+    if model is not None:
+        return model
+    return MODELS[env.kind].model_validate_json(env.payload)
+
+
 def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> Envelope | Rejection:
     """Decode and validate one input record: malformed, schema and key_mismatch happen here."""
     parsed = parse_value(MODELS[kind], raw)
@@ -160,4 +199,5 @@ def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> En
             f"message key {shown!r} differs from tenant_id {tenant_id!r}",
             now,
         )
+    VALIDATED.put(kind, text, parsed)
     return Envelope(kind=kind, tenant_id=tenant_id, source=source, payload=text)

@@ -298,3 +298,43 @@ def test_source_ref_names_topic_partition_offset() -> None:
     assert Source("cdr.toll-free", 2, 7, b"k").ref == "cdr.toll-free:2:7"
     # The key is not part of the identity of a record.
     assert Source("cdr.toll-free", 2, 7, None).ref == "cdr.toll-free:2:7"
+
+
+# --- one validation per message: the ledger may reuse ingest's model ----------------------
+
+
+def test_parse_validated_reuses_the_model_ingest_validated() -> None:
+    from rating.contracts import CDR
+    from rating.ingest import VALIDATED, parse_validated
+
+    key, raw = (
+        b"acme",
+        (
+            b'{"cdr_id":"pv-1","tenant_id":"acme","product":"tollfree_inbound",'
+            b'"call_start":"2026-11-22T10:00:00Z","duration_seconds":5,'
+            b'"origin":"+4520123456","destination":"+18005550100"}'
+        ),
+    )
+    env = validate("cdr", Source("cdr.toll-free", 0, 1, key), raw, NOW)
+    assert isinstance(env, Envelope)
+    # The ledger decodes its own copy of the record: an equal text, another object.
+    again = Envelope.decode(env.encode())
+    first = parse_validated(again)
+    assert first == CDR.model_validate_json(raw)
+    second = parse_validated(again)  # taken once; then validated again, to an equal model
+    assert second == first
+    assert second is not first
+    assert ("cdr", again.payload) not in VALIDATED._models
+
+
+def test_the_validated_cache_is_bounded() -> None:
+    from rating.contracts import TenantSettings
+    from rating.ingest import Validated
+
+    cache = Validated(size=2)
+    model = TenantSettings(tenant_id="t", currency="USD")
+    for text in ("a", "b", "c"):
+        cache.put("settings", text, model)
+    assert len(cache) == 2
+    assert cache.take("settings", "a") is None  # the oldest went first
+    assert cache.take("settings", "c") is model

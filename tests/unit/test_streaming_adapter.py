@@ -22,8 +22,9 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
 from prometheus_client import generate_latest
 
-from rating.contracts import Rejection
+from rating.contracts import Charge, Rejection
 from rating.ingest import Envelope
+from rating.ledger import Result
 from rating.metrics import Metrics
 from rating.settings import Settings
 from rating.streaming import transport
@@ -230,6 +231,52 @@ def test_send_all_raises_when_a_record_is_not_delivered() -> None:
     p.topics = {"ledger": FakeTopic("app-ledger")}
     with pytest.raises(RuntimeError, match="not delivered"):
         asyncio.run(p.send_all([("ledger", b"a", b"1"), ("ledger", b"a", b"2")]))
+
+
+def charge(cdr_id: str, product: str, amount: str) -> Charge:
+    return Charge.model_validate(
+        {
+            "cdr_id": cdr_id,
+            "tenant_id": "acme",
+            "product": product,
+            "call_start": "2026-11-22T09:00:00Z",
+            "duration_seconds": 60,
+            "billable_seconds": 60,
+            "rated_number": "4520123456",
+            "prefix": "45",
+            "zone": "DK",
+            "rate_card_id": "std",
+            "per_minute": amount,
+            "amount": amount,
+            "currency": "USD",
+            "rated_at": "2026-11-22T10:00:00Z",
+        }
+    )
+
+
+def test_count_results_sums_a_batch_like_counting_one_by_one() -> None:
+    p = pipeline(ManualClock(AT))
+    end = datetime(2026, 11, 22, 9, 59, tzinfo=UTC)
+    done: list[tuple[Result, float | None]] = [
+        (Result("charged", charge=charge("a", "tollfree_inbound", "0.10"), call_end=end), None),
+        (Result("charged", charge=charge("b", "tollfree_inbound", "0.25"), call_end=end), None),
+        (Result("charged", charge=charge("c", "conferencing_dialout", "1.5")), AT.timestamp() - 2),
+        (Result("duplicate", product="tollfree_inbound"), None),
+        (Result("settings", parts=[Result("held", topic="cdr.toll-free")]), None),
+    ]
+    p.count_results(done)
+    body = generate_latest(p.metrics.registry).decode()
+    assert metric_value(body, "rating_cdrs_charged_total", product="tollfree_inbound") == 2
+    assert metric_value(body, "rating_cdrs_charged_total", product="conferencing_dialout") == 1
+    amount = metric_value(body, "rating_charged_amount_total", product="tollfree_inbound")
+    assert amount == pytest.approx(0.35)
+    assert metric_value(body, "rating_cdrs_duplicate_total") == 1
+    assert metric_value(body, "rating_tenant_settings_applied_total") == 1
+    assert metric_value(body, "rating_messages_held_total", topic="cdr.toll-free") == 1
+    assert metric_value(body, "rating_processing_latency_seconds_count") == 1
+    assert metric_value(body, "rating_processing_latency_seconds_sum") == 2
+    assert metric_value(body, "rating_event_lag_seconds_count") == 2
+    assert metric_value(body, "rating_event_lag_seconds_sum") == 120
 
 
 # --- the clock --------------------------------------------------------------------------------

@@ -423,8 +423,11 @@ def apply_charge(
         return account, Effects()
     before = _roll_day(account, now)
     after = _with_balance(before, _CTX.subtract(before.balance, amount))
+    events = _crossings(before, after, now)
+    if not events and (after.outstanding is not None or not _wants_recharge(after)):
+        return after, _NO_EFFECTS  # the usual debit: what _finish would return, built once
     out = _Out()
-    out.events.extend(_crossings(before, after, now))
+    out.events.extend(events)
     return _finish(after, out, now, policy)
 
 
@@ -534,6 +537,7 @@ class _Out:
     amount_mismatch: bool = False
 
 
+_NO_EFFECTS: Final = Effects()  # frozen, all tuples: safe to share
 _RESULTS: Final = (FundsKind.RECHARGE_SUCCEEDED, FundsKind.RECHARGE_FAILED)
 
 

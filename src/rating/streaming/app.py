@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import faust
@@ -42,6 +43,8 @@ from rating.streaming.sensors import LeanMonitor
 from rating.streaming.store import SEAL_PREFIX, TableStore
 
 log = logging.getLogger("rating.worker")
+
+_ZERO = Decimal(0)
 
 #: Where a record produced by the worker goes: a key of ``Pipeline.topics``.
 Send = tuple[str, bytes | None, bytes]
@@ -248,23 +251,40 @@ class Pipeline:
     async def publish(self, outputs: list[Output]) -> None:
         await self.send_all([(out.role, out.key, out.value) for out in outputs])
 
-    def count_result(self, result: Result, started: float | None) -> None:
-        for part in result.all():
-            self._count_one(part, started)
-
-    def _count_one(self, result: Result, started: float | None) -> None:
+    def count_results(self, done: Sequence[tuple[Result, float | None]]) -> None:
+        """A batch's results -> the metrics. Charges, the bulk, are summed per label set and
+        added once per batch (the same totals); everything else is counted one by one."""
         m = self.metrics
         now = self.clock.now()
-        if result.outcome == "charged" and result.charge is not None:
-            c = result.charge
-            m.cdrs_charged.labels(c.product.value, c.currency).inc()
+        wall = self.clock.time()
+        charged: Counter[tuple[str, str]] = Counter()
+        amounts: dict[tuple[str, str], Decimal] = {}
+        for result, started in done:
+            try:
+                for part in result.all():
+                    if part.outcome == "charged" and part.charge is not None:
+                        c = part.charge
+                        key = (c.product.value, c.currency)
+                        charged[key] += 1
+                        amounts[key] = amounts.get(key, _ZERO) + c.amount
+                        if started is not None:
+                            m.processing_latency.observe(max(0.0, wall - started))
+                        if part.call_end is not None:
+                            lag = (now - part.call_end).total_seconds()
+                            m.event_lag.observe(max(0.0, lag))
+                        self._count_funds_and_effects(part)
+                    else:
+                        self._count_one(part)
+            except Exception:  # a metric must never stop the money path
+                log.exception("updating metrics failed for outcome %s", result.outcome)
+        for (product, currency), n in charged.items():
+            m.cdrs_charged.labels(product, currency).inc(n)
             # Prometheus stores float64; this is a dashboard figure, never a balance.
-            m.charged_amount.labels(c.currency, c.product.value).inc(float(c.amount))
-            if started is not None:
-                m.processing_latency.observe(max(0.0, self.clock.time() - started))
-            if result.call_end is not None:
-                m.event_lag.observe(max(0.0, (now - result.call_end).total_seconds()))
-        elif result.outcome == "duplicate":
+            m.charged_amount.labels(currency, product).inc(float(amounts[(product, currency)]))
+
+    def _count_one(self, result: Result) -> None:
+        m = self.metrics
+        if result.outcome == "duplicate":
             m.cdrs_duplicate.labels(result.product or "unknown").inc()
         elif result.outcome in ("replayed", "repaired"):
             m.charges_replayed.inc()
@@ -446,11 +466,7 @@ def _register_agents(p: Pipeline) -> None:
             m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
             m.ledger_batch_size.observe(len(events))
             await p.publish(outputs)
-            for result, started in done:
-                try:
-                    p.count_result(result, started)
-                except Exception:  # a metric must never stop the money path
-                    log.exception("updating metrics failed for outcome %s", result.outcome)
+            p.count_results(done)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
 
