@@ -62,6 +62,24 @@ def test_faust_commits_only_after_flushing_the_apps_producer() -> None:
 def test_the_apps_producer_is_ours() -> None:
     app = faust.App("t-producer", broker=f"{transport.SCHEME}://127.0.0.1:1")
     assert type(app.producer) is transport.Producer  # built, not started: no I/O
+    buffer = app.producer.buffer
+    assert type(buffer) is transport.ProducerBuffer
+    assert buffer.app is app
+    assert buffer.max_messages == 5000
+
+
+def test_faust_builds_starts_and_ebbs_the_buffer_the_way_our_producer_expects() -> None:
+    from faust.transport import conductor
+    from faust.transport.producer import Producer as FaustProducer
+
+    init = inspect.getsource(FaustProducer.__init__)
+    assert "self.buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)" in init
+    assert "self.buffer.app = self.app" in init
+    assert "self.add_runtime_dependency(self.buffer)" in inspect.getsource(FaustProducer.on_start)
+    # The conductor pauses every input while the buffer holds more than max_messages.
+    assert "app.producer.buffer.wait_until_ebb" in inspect.getsource(conductor)
+    assert "self.max_messages" in inspect.getsource(ProducerBuffer.wait_until_ebb)
+    assert ProducerBuffer.max_messages < transport.ProducerBuffer.max_messages
 
 
 class SlowBuffer:
