@@ -75,11 +75,6 @@ class Settings(BaseSettings):
     # sends a produce request for nearly every record (a socket write each): the worker's
     # largest single cost. A few ms per hop buy batches of hundreds of records.
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
-    # The most one produce request carries per partition. The client keeps one request in
-    # flight per partition, so with Faust's 16 KiB a ledger batch's changelog (a marker
-    # of ~1 KB per CDR, the account, usage rows) took tens of sequential round trips.
-    # Stay below the broker's message.max.bytes (Kafka: ~1 MiB).
-    producer_max_batch_bytes: Annotated[int, Field(ge=16384, le=1_000_000)] = 512 * 1024
     # Ledger batches: up to this many records or this long, then one changelog flush.
     batch_max: Annotated[int, Field(ge=1, le=10000)] = 500
     batch_seconds: Annotated[float, Field(gt=0, le=5)] = 0.05

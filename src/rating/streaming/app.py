@@ -335,7 +335,6 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_commit_interval=settings.commit_interval_seconds,
         producer_acks=-1,
         producer_linger=settings.producer_linger_ms / 1000,
-        producer_max_batch_size=settings.producer_max_batch_bytes,
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         autodiscover=False,
         # One ordered stream per tenant partition: no concurrent table writers.
