@@ -20,7 +20,13 @@ from decimal import Decimal
 from pathlib import Path
 
 from rating.contracts import CDR, Charge, Product, Rate, RateCard, TenantSettings
-from rating.domain.account import Account, RechargePolicy, apply_charge, open_or_update
+from rating.domain.account import (
+    Account,
+    RechargePolicy,
+    Refusal,
+    apply_charge,
+    open_or_update,
+)
 from rating.domain.ratecard import RateBook, load_rate_cards
 from rating.domain.rating import rate_cdr, rated_number
 
@@ -177,8 +183,8 @@ def stages(
                 plan, currency = PLANS[i & 1]
                 settings = TenantSettings(tenant_id=cdr.tenant_id, currency=currency, plan=plan)
                 opened = open_or_update(None, settings, RATED_AT, policy)
-                assert not isinstance(opened, Exception)
-                account = opened[0]  # type: ignore[index]
+                assert not isinstance(opened, Refusal), opened
+                account = opened[0]
             result = rate_cdr(
                 cdr, book, plan=account.plan, currency=account.currency, rated_at=RATED_AT
             )
