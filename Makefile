@@ -74,7 +74,8 @@ demo: $(STAMP)
 	$(BIN)/rating demo
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_rating.py
+	$(BIN)/python -m bench.bench_rating
+	$(BIN)/python -m bench.bench_pipeline $(BENCH_ARGS)
 
 schemas: $(STAMP)
 	$(BIN)/rating schemas --write

@@ -1,9 +1,20 @@
-"""End-to-end throughput of one `rating worker` on the embedded broker (a benchmark, not a test).
+"""End-to-end throughput and latency of `rating worker` on the embedded broker (not a test).
 
-    python bench/bench_pipeline.py [--cdrs 20000] [--tenants 50] [--batch-max 500]
+    python -m bench.bench_pipeline [--cdrs 60000] [--tenants 50] [--runs 3] [--skip-two]
 
-Prints: how fast the platform side can publish (the denominator), how fast the worker charges
-(consume -> validate -> repartition -> rate -> debit -> changelog -> charge), and the ratio.
+One run of this program starts one embedded broker and measures, on the same CDRs (~230 B,
+``--tenants`` tenants), median of ``--runs``:
+
+1. the floor: a Faust agent that only counts raw messages (bench/noop_agent.py, Faust's
+   default settings, its own process), consuming the CDRs from a topic;
+2. one `rating worker`, end to end: CDRs published -> ingest -> ledger -> Charges on
+   rating.charges, rate = Charges / (last Charge - first Charge) by their Kafka timestamps;
+3. two workers in one group, the same way;
+4. latency at a steady offered load of half of (2): p50/p99 from the publish time embedded
+   in each ``cdr_id`` to its Charge's Kafka timestamp.
+
+Prints the rates and their ratios to the floor measured in the same run. The machine may be
+shared: compare ratios, not absolute rates, across runs.
 """
 
 from __future__ import annotations
@@ -12,33 +23,38 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from tests.integration.harness import (  # noqa: E402
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from tests.integration.harness import (
     Env,
     Worker,
     http_get,
     metric_value,
     produce,
+    read_records,
     recent_call_start,
     settings_msg,
     wait_until,
 )
 
-from rating.broker import EmbeddedBroker  # noqa: E402
+from rating.broker import EmbeddedBroker
 
 NUMBERS = ["+14155550100", "+447700900123", "+4520123456", "+31612345678", "+4915112345678"]
 PRODUCTS = ["conferencing_dialout", "conferencing_tollfree_dialin", "tollfree_inbound"]
+Records = list[tuple[bytes, bytes]]
 
 
-def cdr_lines(n: int, tenants: list[str]) -> list[tuple[bytes, bytes]]:
+def cdr_records(n: int, tenants: list[str], prefix: str = "b") -> Records:
+    """``n`` CDRs of ~230 B; ``cdr_id`` = ``{prefix}{i}`` (padded so sizes do not vary)."""
     rng = random.Random(1)
     start = recent_call_start()
     out = []
@@ -46,81 +62,237 @@ def cdr_lines(n: int, tenants: list[str]) -> list[tuple[bytes, bytes]]:
         t = rng.choice(tenants)
         number = rng.choice(NUMBERS)
         body = {
-            "cdr_id": f"b{i}",
+            "cdr_id": f"{prefix}{i:08d}",
             "tenant_id": t,
             "product": rng.choice(PRODUCTS),
             "call_start": start,
             "duration_seconds": rng.randrange(0, 1800),
             "origin": number,
             "destination": number,
+            "user_id": f"user-{rng.randrange(10_000):05d}",
         }
         out.append((t.encode(), json.dumps(body).encode()))
     return out
 
 
-async def publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> float:
+async def _publish(bootstrap: str, topic: str, records: Records) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
     await producer.start()
     try:
-        began = time.perf_counter()
         futures = [await producer.send(topic, key=k, value=v) for k, v in records]
         await asyncio.gather(*futures)
-        return time.perf_counter() - began
     finally:
         await producer.stop()
 
 
+def publish(bootstrap: str, topic: str, records: Records) -> None:
+    asyncio.run(_publish(bootstrap, topic, records))
+
+
+def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+# --- the floor ----------------------------------------------------------------------------
+
+
+def noop_rate(bootstrap: str, records: Records, log_dir: Path, run: int) -> float:
+    topic = f"noop{run}-{time.time_ns()}"
+    create_topic(bootstrap, topic, Env(bootstrap).input_partitions)
+    publish(bootstrap, topic, records)
+    out = log_dir / f"noop-{run}.json"
+    log = (log_dir / f"noop-{run}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.noop_agent", bootstrap, topic, str(len(records)), str(out)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+
+        def done() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"the no-op agent exited {proc.returncode}; see {log.name}")
+            return out.exists()
+
+        wait_until(done, 300, "the no-op agent to count every CDR", interval=0.2)
+        figures = json.loads(out.read_text())
+    finally:
+        stop(proc)
+        log.close()
+    return float(figures["count"]) / float(figures["seconds"])
+
+
+# --- the workers --------------------------------------------------------------------------
+
+
+def charges(env: Env, workers: list[Worker], n: int) -> list[Any]:
+    """All ``n`` Charges of the run, once the workers have charged them all."""
+    wait_until(lambda: charged(workers) >= n, 60 + n / 50, f"{n} CDRs charged", interval=0.5)
+
+    def read() -> list[Any]:
+        got = read_records(env.bootstrap, env.topic("charges"), timeout=60)
+        return got if len(got) >= n else []
+
+    return list(wait_until(read, 60, f"{n} Charges on rating.charges", interval=1))
+
+
+def charged(workers: list[Worker]) -> float:
+    return sum(metric_value(w.metrics(), "rating_cdrs_charged_total") for w in workers)
+
+
+def owns_ledger(worker: Worker) -> bool:
+    text = worker.metrics()
+    return any(
+        line.startswith("rating_partitions_owned")
+        and "-ledger" in line
+        and float(line.split()[-1]) > 0
+        for line in text.splitlines()
+    )
+
+
+def start_pipeline(
+    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], count: int
+) -> tuple[Env, list[Worker]]:
+    env = Env(broker.bootstrap)
+    env.create_topics()
+    workers = [Worker(env, log_dir, index=i, RATING_LOG_LEVEL="WARNING") for i in range(count)]
+    for w in workers:
+        w.start()
+    wait_until(
+        lambda: all(owns_ledger(w) for w in workers), 120, "every worker owning ledger partitions"
+    )
+    produce(
+        broker.bootstrap, env.topic("tenant_settings"), [settings_msg(t, "USD") for t in tenants]
+    )
+
+    def known(t: str) -> bool:
+        return any(http_get(f"{w.url}/tenants/{t}")[0] == 200 for w in workers)
+
+    wait_until(lambda: all(known(t) for t in tenants), 120, "every tenant's settings applied")
+    return env, workers
+
+
+def worker_rate(
+    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], records: Records, count: int
+) -> float:
+    env, workers = start_pipeline(broker, log_dir, tenants, count)
+    try:
+        publish(broker.bootstrap, env.topic("cdr_audio"), records)
+        got = charges(env, workers, len(records))
+    finally:
+        for w in workers:
+            w.stop()
+    stamps = sorted(r.timestamp.timestamp() for r in got)
+    return (len(stamps) - 1) / max(1e-3, stamps[-1] - stamps[0])
+
+
+# --- latency ------------------------------------------------------------------------------
+
+
+async def _paced(bootstrap: str, topic: str, records: Records, rate: float) -> None:
+    """Publish at ``rate``/s in 10 ms slices; each cdr_id gets its publish time (ms)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    try:
+        began = time.perf_counter()
+        futures = []
+        for i, (key, value) in enumerate(records):
+            due = began + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            stamped = value.replace(
+                b'"cdr_id": "L', f'"cdr_id": "L{time.time_ns() // 1_000_000}.'.encode(), 1
+            )
+            futures.append(await producer.send(topic, key=key, value=stamped))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def latency(
+    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], n: int, rate: float
+) -> tuple[float, float]:
+    env, workers = start_pipeline(broker, log_dir, tenants, 1)
+    records = cdr_records(n, tenants, prefix="L")
+    try:
+        asyncio.run(_paced(broker.bootstrap, env.topic("cdr_audio"), records, rate))
+        got = charges(env, workers, n)
+    finally:
+        for w in workers:
+            w.stop()
+    lat = []
+    for r in got:
+        published_ms = int(json.loads(r.value)["cdr_id"][1:].split(".")[0])
+        lat.append(r.timestamp.timestamp() * 1000 - published_ms)
+    lat.sort()
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+
+
+def median_of(runs: int, fn: Callable[[int], float]) -> tuple[float, list[float]]:
+    figures = [fn(i) for i in range(runs)]
+    return statistics.median(figures), figures
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cdrs", type=int, default=20000)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cdrs", type=int, default=60_000)
     ap.add_argument("--tenants", type=int, default=50)
-    ap.add_argument("--batch-max", type=int, default=500)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-two", action="store_true", help="skip the two-worker figure")
+    ap.add_argument("--latency-seconds", type=float, default=10.0)
     args = ap.parse_args()
     tenants = [f"bench-{i}" for i in range(args.tenants)]
-    records = cdr_lines(args.cdrs, tenants)
+    records = cdr_records(args.cdrs, tenants)
     size = sum(len(v) for _, v in records) / len(records)
+    say(f"CDRs: {args.cdrs} (~{size:.0f} B), tenants: {args.tenants}, median of {args.runs}")
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-        env = Env(broker.bootstrap)
-        env.create_topics()
-        worker = Worker(
-            env, Path(tmp), RATING_BATCH_MAX=str(args.batch_max), RATING_LOG_LEVEL="WARNING"
-        )
-        try:
-            worker.start()
-            produce(
-                broker.bootstrap,
-                env.topic("tenant_settings"),
-                [settings_msg(t, "USD") for t in tenants],
-            )
-            wait_until(
-                lambda: all(http_get(f"{worker.url}/tenants/{t}")[0] == 200 for t in tenants[-3:]),
-                60,
-                "tenants",
-            )
-            # The denominator: the same records into a topic nobody consumes.
-            raw = asyncio.run(publish(broker.bootstrap, f"{env.name}.sink", records))
-            began = time.perf_counter()
-            asyncio.run(publish(broker.bootstrap, env.topic("cdr_audio"), records))
-            wait_until(
-                lambda: metric_value(worker.metrics(), "rating_cdrs_charged_total") >= args.cdrs,
-                1800,
-                "every CDR charged",
-                interval=0.5,
-            )
-            elapsed = time.perf_counter() - began
-            latency = metric_value(worker.metrics(), "rating_processing_latency_seconds_sum")
-        finally:
-            worker.stop()
-    produce_rate = args.cdrs / raw
-    charge_rate = args.cdrs / elapsed
-    print(
-        f"CDRs: {args.cdrs} (~{size:.0f} B), tenants: {args.tenants}, "
-        f"ledger batch max: {args.batch_max}"
-    )
-    print(f"publish only (denominator): {produce_rate:10.0f} CDRs/s")
-    print(f"one worker, end to end:     {charge_rate:10.0f} CDRs/s")
-    print(f"ratio worker/publish:       {charge_rate / produce_rate:10.3f}")
-    print(f"mean consume->charge:       {latency / args.cdrs * 1000:10.1f} ms")
+        log_dir = Path(tmp)
+
+        def noop(i: int) -> float:
+            return noop_rate(broker.bootstrap, records, log_dir, i)
+
+        def workers(count: int) -> Callable[[int], float]:
+            return lambda _: worker_rate(broker, log_dir, tenants, records, count)
+
+        floor, floors = median_of(args.runs, noop)
+        say(f"no-op Faust agent (floor):  {floor:8.0f} msg/s   runs {[round(f) for f in floors]}")
+        one, ones = median_of(args.runs, workers(1))
+        say(f"one worker, end to end:     {one:8.0f} CDRs/s  runs {[round(f) for f in ones]}")
+        say(f"  ratio one worker / floor: {one / floor:8.3f}   (target >= 0.35, aim 0.5)")
+        if not args.skip_two:
+            two, twos = median_of(args.runs, workers(2))
+            say(f"two workers, end to end:    {two:8.0f} CDRs/s  runs {[round(f) for f in twos]}")
+            say(f"  ratio two / one worker:   {two / one:8.3f}   (target >= 1.6)")
+            say(f"  ratio two workers / floor:{two / floor:8.3f}")
+        offered = one / 2
+        n = max(100, int(offered * args.latency_seconds))
+        p50, p99 = latency(broker, log_dir, tenants, n, offered)
+        say(f"latency at {offered:.0f} CDRs/s offered ({n} CDRs), publish -> Charge:")
+        say(f"  p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   (target p99 <= 250 ms)")
 
 
 if __name__ == "__main__":

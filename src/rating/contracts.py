@@ -71,11 +71,18 @@ RFC3339_UTC_PATTERN = _RFC3339_RE.pattern
 
 def _parse_utc(value: Any) -> datetime:
     if isinstance(value, datetime):
+        if value.tzinfo is UTC:  # the common case (our own values): nothing to check
+            return value
         if value.tzinfo is None or value.utcoffset() != UTC.utcoffset(None):
             raise ValueError("time must be timezone-aware UTC")
         return value.astimezone(UTC)
     if not isinstance(value, str) or not _RFC3339_RE.match(value):
         raise ValueError(f'time must be RFC 3339 UTC such as "2026-11-22T10:00:00Z", got {value!r}')
+    if len(value) == 20 and value[19] == "Z":  # "YYYY-MM-DDTHH:MM:SSZ", the usual form
+        try:
+            return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC)
+        except ValueError as exc:
+            raise ValueError(f"not a valid time: {value!r}") from exc
     text = value.upper().replace("Z", "+00:00")
     # fromisoformat takes at most microseconds; nanosecond digits beyond that are dropped.
     if "." in text:
@@ -89,11 +96,13 @@ def _parse_utc(value: Any) -> datetime:
 
 
 def format_time(value: datetime) -> str:
-    """RFC 3339 UTC with a ``Z``; microseconds only when present."""
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    """RFC 3339 UTC with a ``Z``; microseconds only when present (trailing zeros dropped)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat is C code (strftime was the cost): "YYYY-MM-DDTHH:MM:SS[.ffffff]" when naive.
+    text = value.replace(tzinfo=None).isoformat()
     if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
+        text = text.rstrip("0")  # a non-zero digit follows the "." so the seconds stay
     return text + "Z"
 
 

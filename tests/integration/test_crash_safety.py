@@ -118,7 +118,7 @@ def _trace(env: Env, missing: list[str]) -> str:
             forwarded = [f"{r.partition}:{r.offset}" for r in ledger if cdr_id.encode() in r.value]
             lines.append(
                 f"{cdr_id}: {topic}[{rec.partition}]@{rec.offset}, group committed "
-                f"{committed.get((topic, rec.partition))}, on the ledger topic at {forwarded}"
+                f"{committed.get((topic, rec.partition), '?')}, on the ledger topic at {forwarded}"
             )
     return "\n".join(lines)
 
@@ -130,6 +130,7 @@ async def _committed(env: Env) -> dict[tuple[str, int], int | None]:
     await consumer.start()
     try:
         out: dict[tuple[str, int], int | None] = {}
+        await consumer._client.force_metadata_update()  # as read_records does: fresh client
         for field in ("cdr_audio", "cdr_tollfree"):
             topic = env.topic(field)
             for p in sorted(consumer.partitions_for_topic(topic) or ()):

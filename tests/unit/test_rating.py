@@ -227,6 +227,39 @@ def test_charge_passes_its_own_validation(sample: RateBook) -> None:
         assert Charge.model_validate_json(charge.model_dump_json()) == charge
 
 
+@pytest.mark.parametrize("duration", [0, 1, 59, 61, 3601])
+def test_every_charge_of_the_sample_validates_field_by_field(
+    sample: RateBook, duration: int
+) -> None:
+    # rate_cdr builds the Charge without a validation pass (model_construct): whatever it
+    # builds, for every rate of every card, must be exactly what validation would build.
+    checked = 0
+    for card in sample.cards:
+        for rate in card.rates:
+            number = "+" + (rate.prefix + "0000000")[:12]
+            sides = (
+                {"destination": number}
+                if rate.product is Product.CONFERENCING_DIALOUT
+                else {"origin": number, "destination": "+18005550100"}
+            )
+            cdr = make_cdr(
+                rate.product.value,
+                duration,
+                call_start=card.effective_from.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                **sides,
+            )
+            charge = rate_cdr(
+                cdr, sample, plan=card.plan, currency=card.currency, rated_at=RATED_AT
+            )
+            if not isinstance(charge, Charge):
+                continue  # a longer prefix elsewhere, or another card in force: not this one
+            assert Charge.model_validate(charge.model_dump()) == charge
+            assert Charge.model_validate_json(charge.model_dump_json()) == charge
+            assert charge.model_fields_set == set(Charge.model_fields)
+            checked += 1
+    assert checked > 20
+
+
 def test_zero_duration_is_a_zero_charge(sample: RateBook) -> None:
     # tollfree_inbound has a connection fee and a minimum in the sample: neither applies.
     cdr = make_cdr("tollfree_inbound", 0, origin="+447700900123")

@@ -52,9 +52,10 @@ Choices worth knowing (CONTRACTS.md "Balance rules" leaves them open):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Underflow
+from operator import attrgetter
 from typing import Any, Final, Literal
 
 from rating.contracts import (
@@ -421,9 +422,12 @@ def apply_charge(
     if amount == 0:
         return account, Effects()
     before = _roll_day(account, now)
-    after = replace(before, balance=_CTX.subtract(before.balance, amount))
+    after = _with_balance(before, _CTX.subtract(before.balance, amount))
+    events = _crossings(before, after, now)
+    if not events and (after.outstanding is not None or not _wants_recharge(after)):
+        return after, _NO_EFFECTS  # the usual debit: what _finish would return, built once
     out = _Out()
-    out.events.extend(_crossings(before, after, now))
+    out.events.extend(events)
     return _finish(after, out, now, policy)
 
 
@@ -533,6 +537,7 @@ class _Out:
     amount_mismatch: bool = False
 
 
+_NO_EFFECTS: Final = Effects()  # frozen, all tuples: safe to share
 _RESULTS: Final = (FundsKind.RECHARGE_SUCCEEDED, FundsKind.RECHARGE_FAILED)
 
 
@@ -689,6 +694,19 @@ def _command(account: Account, pending: Outstanding, now: datetime) -> RechargeC
     )
 
 
+# The per-CDR debit changes one field: build the new Account positionally (a C attrgetter
+# and one constructor call) instead of dataclasses.replace, which walks the fields in Python.
+_ACCOUNT_FIELDS: Final = tuple(f.name for f in fields(Account))
+_account_values: Final = attrgetter(*_ACCOUNT_FIELDS)
+_BALANCE_AT: Final = _ACCOUNT_FIELDS.index("balance")
+
+
+def _with_balance(account: Account, balance: Decimal) -> Account:
+    values = list(_account_values(account))
+    values[_BALANCE_AT] = balance
+    return Account(*values)
+
+
 def _roll_day(account: Account, now: datetime) -> Account:
     today = _utc_day(now)
     # ">" (ISO dates sort as text): a clock stepping back must not reset the counter.
@@ -698,7 +716,9 @@ def _roll_day(account: Account, now: datetime) -> Account:
 
 
 def _utc_day(now: datetime) -> str:
-    return now.astimezone(UTC).date().isoformat()
+    if now.tzinfo is not UTC:
+        now = now.astimezone(UTC)
+    return now.date().isoformat()
 
 
 def _check_now(now: datetime) -> None:

@@ -15,8 +15,11 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import faust
@@ -33,23 +36,26 @@ from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
 from rating.streaming import transport
-from rating.streaming.durability import drain_producer_buffer_before_commit
+from rating.streaming.clock import Clock, SystemClock
 from rating.streaming.quarantine import undecodable_handler
+from rating.streaming.sensors import LeanMonitor
 from rating.streaming.store import TableStore, key_partitioner
 
 log = logging.getLogger("rating.worker")
 
+_ZERO = Decimal(0)
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+#: Where a record produced by the worker goes: a key of ``Pipeline.topics``.
+Send = tuple[str, bytes | None, bytes]
 
 
 class RateCards:
     """The active RateBook; replaced whole on reload, so no CDR sees a half-loaded card."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, clock: Clock | None = None) -> None:
         self.path = settings.rate_cards
         self.metrics = metrics
+        self.clock = clock or SystemClock()
         self.book: RateBook = load_rate_cards(self.path)  # start-up: errors stop the worker
         self._stamp = self._file_stamp()
         self._publish_metrics("ok")
@@ -68,7 +74,7 @@ class RateCards:
         self.metrics.ratecard_active.clear()
         for card in self.book.cards:
             self.metrics.ratecard_active.labels(card.rate_card_id, card.plan, card.currency).set(1)
-        self.metrics.ratecard_loaded_at.set(time.time())
+        self.metrics.ratecard_loaded_at.set(self.clock.time())
 
     async def maybe_reload(self) -> bool:
         stamp = self._file_stamp()
@@ -87,10 +93,10 @@ class RateCards:
         return True
 
 
-def record_time(msg: Any) -> datetime:
+def record_time(msg: Any, clock: Clock) -> datetime:
     ts = getattr(msg, "timestamp", None)
     if not ts or ts <= 0:
-        return utcnow()
+        return clock.now()
     return datetime.fromtimestamp(ts, UTC)
 
 
@@ -107,6 +113,7 @@ class Pipeline:
     topics: dict[str, Any] = field(default_factory=dict)
     table: Any = None
     kind_by_topic: dict[str, Kind] = field(default_factory=dict)
+    clock: Clock = field(default_factory=SystemClock)
     _indexed: set[int] = field(default_factory=set)
 
     # --- ledger index maintenance ---------------------------------------------------------
@@ -144,7 +151,7 @@ class Pipeline:
                 msg.value or b"",
                 RejectReason.INTERNAL_ERROR,
                 f"ledger record: {type(exc).__name__}: {exc}",
-                utcnow(),
+                self.clock.now(),
             )
             out = Output("rejected", msg.key, rej.model_dump_json().encode())
             result = Result(
@@ -167,35 +174,108 @@ class Pipeline:
         data = json.loads(msg.value)
         # The record's own timestamp, not the wall clock: reprocessing the same record after
         # a crash then computes the same Charge (rated_at included) and the same decisions.
-        now = record_time(msg)
+        now = record_time(msg, self.clock)
         if data.get("k") == "tick":
             return self.ledger.tick(msg.partition, msg.offset, now), None
         env = Envelope.from_dict(data)
         return self.ledger.handle(env, msg.partition, msg.offset, now), data.get("it")
 
+    # --- ingesting ------------------------------------------------------------------------
+
+    def ingest(self, messages: Sequence[Any]) -> list[Send]:
+        """One batch of input records -> ledger records and rejections, in input order.
+
+        Counters are added once per batch (same totals as one by one)."""
+        m = self.metrics
+        now = self.clock.now()
+        stamp = self.clock.time()  # "it" on the ledger record: for the latency histogram
+        consumed: Counter[str] = Counter()
+        rejected: Counter[tuple[str, str]] = Counter()
+        out: list[Send] = []
+        for msg in messages:
+            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
+            kind = self.kind_by_topic[msg.topic]
+            if kind == "cdr":
+                consumed[msg.topic] += 1
+            try:
+                checked = validate(kind, source, msg.value, now)
+            except Exception as exc:  # a bug: park the message, keep the partition moving
+                log.exception("ingest failed at %s", source.ref)
+                m.internal_errors.labels("ingest").inc()
+                checked = make_rejection(
+                    source,
+                    msg.value or b"",
+                    RejectReason.INTERNAL_ERROR,
+                    f"{type(exc).__name__}: {exc}",
+                    now,
+                )
+            if isinstance(checked, Rejection):
+                rejected[(msg.topic, checked.reason.value)] += 1
+                out.append(("rejected", msg.key, checked.model_dump_json().encode()))
+            else:
+                out.append(("ledger", checked.tenant_id.encode(), checked.encode(it=stamp)))
+        for topic, n in consumed.items():
+            m.cdrs_consumed.labels(topic).inc(n)
+        for (topic, reason), n in rejected.items():
+            m.cdrs_rejected.labels(topic, reason).inc(n)
+        return out
+
     # --- publishing -----------------------------------------------------------------------
 
+    async def send_all(self, records: Sequence[Send]) -> None:
+        """Hand every record to the Kafka client in order, then wait until all are acked.
+
+        One ``producer.send`` per record (it returns once the record is queued in the
+        client, which batches them) and one wait for the whole batch, instead of a Faust
+        ``topic.send`` round per record. Raises if any record could not be delivered, so
+        the agent crashes before the stream acks (and Faust commits) its input offsets."""
+        if not records:
+            return
+        producer = self.app.producer
+        names = {role: self.topics[role].get_topic_name() for role in {r[0] for r in records}}
+        pending = [
+            await producer.send(names[role], key, value, None, None, None)
+            for role, key, value in records
+        ]
+        await asyncio.gather(*pending)
+
     async def publish(self, outputs: list[Output]) -> None:
-        for out in outputs:
-            await self.topics[out.role].send(key=out.key, value=out.value)
+        await self.send_all([(out.role, out.key, out.value) for out in outputs])
 
-    def count_result(self, result: Result, started: float | None) -> None:
-        for part in result.all():
-            self._count_one(part, started)
-
-    def _count_one(self, result: Result, started: float | None) -> None:
+    def count_results(self, done: Sequence[tuple[Result, float | None]]) -> None:
+        """A batch's results -> the metrics. Charges, the bulk, are summed per label set and
+        added once per batch (the same totals); everything else is counted one by one."""
         m = self.metrics
-        now = utcnow()
-        if result.outcome == "charged" and result.charge is not None:
-            c = result.charge
-            m.cdrs_charged.labels(c.product.value, c.currency).inc()
+        now = self.clock.now()
+        wall = self.clock.time()
+        charged: Counter[tuple[str, str]] = Counter()
+        amounts: dict[tuple[str, str], Decimal] = {}
+        for result, started in done:
+            try:
+                for part in result.all():
+                    if part.outcome == "charged" and part.charge is not None:
+                        c = part.charge
+                        key = (c.product.value, c.currency)
+                        charged[key] += 1
+                        amounts[key] = amounts.get(key, _ZERO) + c.amount
+                        if started is not None:
+                            m.processing_latency.observe(max(0.0, wall - started))
+                        if part.call_end is not None:
+                            lag = (now - part.call_end).total_seconds()
+                            m.event_lag.observe(max(0.0, lag))
+                        self._count_funds_and_effects(part)
+                    else:
+                        self._count_one(part)
+            except Exception:  # a metric must never stop the money path
+                log.exception("updating metrics failed for outcome %s", result.outcome)
+        for (product, currency), n in charged.items():
+            m.cdrs_charged.labels(product, currency).inc(n)
             # Prometheus stores float64; this is a dashboard figure, never a balance.
-            m.charged_amount.labels(c.currency, c.product.value).inc(float(c.amount))
-            if started is not None:
-                m.processing_latency.observe(max(0.0, time.time() - started))
-            if result.call_end is not None:
-                m.event_lag.observe(max(0.0, (now - result.call_end).total_seconds()))
-        elif result.outcome == "duplicate":
+            m.charged_amount.labels(currency, product).inc(float(amounts[(product, currency)]))
+
+    def _count_one(self, result: Result) -> None:
+        m = self.metrics
+        if result.outcome == "duplicate":
             m.cdrs_duplicate.labels(result.product or "unknown").inc()
         elif result.outcome in ("replayed", "repaired"):
             m.charges_replayed.inc()
@@ -228,6 +308,8 @@ def _faust_app(settings: Settings) -> faust.App:
     hosts = settings.kafka_bootstrap.split(",")
     return faust.App(
         settings.app_id,
+        # Faust's Monitor without per-event bookkeeping nobody reads (streaming/sensors.py).
+        Monitor=LeanMonitor,
         # Our transport (streaming/transport.py), registered under this URL scheme.
         broker=[f"{transport.SCHEME}://{h}" for h in hosts],
         store=settings.store,
@@ -243,6 +325,7 @@ def _faust_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_seconds,
         broker_commit_interval=settings.commit_interval_seconds,
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
         producer_compression_type=None if settings.compression == "none" else settings.compression,
         autodiscover=False,
         # One ordered stream per tenant partition: no concurrent table writers.
@@ -257,14 +340,16 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
+def create_app(
+    settings: Settings, metrics: Metrics | None = None, clock: Clock | None = None
+) -> Pipeline:
     """Build the worker. Raises RateCardError for a bad rate-card file (start-up check)."""
-    drain_producer_buffer_before_commit()
+    clock = clock or SystemClock()
     # One series per counter, not two: the *_created series double the scrape for nothing.
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     metrics = metrics or Metrics()
     metrics.worker_info.info({"version": __version__, "app_id": settings.app_id})
-    rates = RateCards(settings, metrics)
+    rates = RateCards(settings, metrics, clock)
     app = _faust_app(settings)
     policy = RechargePolicy(
         response_timeout=timedelta(seconds=settings.recharge_timeout_seconds),
@@ -300,6 +385,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Pipeline:
         ledger=ledger,
         store=store,
         table=table,
+        clock=clock,
     )
     transport.configure(
         app,
@@ -351,34 +437,12 @@ def _register_agents(p: Pipeline) -> None:
 
     @app.agent(p.topics["inputs"], name="ingest")
     async def ingest(stream: Any) -> None:
-        async for event in stream.events():
-            msg = event.message
-            source = Source(msg.topic, msg.partition, msg.offset, msg.key)
-            kind = p.kind_by_topic[msg.topic]
-            if kind == "cdr":
-                m.cdrs_consumed.labels(msg.topic).inc()
-            try:
-                checked = validate(kind, source, msg.value, utcnow())
-            except Exception as exc:  # a bug: park the message, keep the partition moving
-                log.exception("ingest failed at %s", source.ref)
-                m.internal_errors.labels("ingest").inc()
-                checked = make_rejection(
-                    source,
-                    msg.value or b"",
-                    RejectReason.INTERNAL_ERROR,
-                    f"{type(exc).__name__}: {exc}",
-                    utcnow(),
-                )
-            if isinstance(checked, Rejection):
-                m.cdrs_rejected.labels(msg.topic, checked.reason.value).inc()
-                await p.topics["rejected"].send(
-                    key=msg.key, value=checked.model_dump_json().encode()
-                )
-                continue
-            await p.topics["ledger"].send(
-                key=checked.tenant_id.encode(),
-                value=checked.encode(it=time.time()),  # "it": for the latency histogram
-            )
+        # Batches: validate a batch, send its ledger records (and rejections) in one go and
+        # wait for the broker's acks before the stream acks the batch's input offsets. So an
+        # input offset is committed only after its ledger record is durable (Faust also
+        # flushes the producer before every commit: transport.Producer.flush).
+        async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
+            await p.send_all(p.ingest([event.message for event in events]))
 
     @app.agent(p.topics["ledger"], name="ledger")
     async def ledger(stream: Any) -> None:
@@ -397,11 +461,7 @@ def _register_agents(p: Pipeline) -> None:
             m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
             m.ledger_batch_size.observe(len(events))
             await p.publish(outputs)
-            for result, started in done:
-                try:
-                    p.count_result(result, started)
-                except Exception:  # a metric must never stop the money path
-                    log.exception("updating metrics failed for outcome %s", result.outcome)
+            p.count_results(done)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
 
@@ -409,20 +469,20 @@ def _register_agents(p: Pipeline) -> None:
 def _register_timers(p: Pipeline) -> None:
     app, s = p.app, p.settings
 
-    @app.timer(interval=s.tick_seconds, name="clock")
+    @app.timer(interval=s.tick_seconds, name="clock")  # type: ignore[untyped-decorator]
     async def clock() -> None:
         # The clock goes through the log, so retries and expiry are replayed like any input.
-        tick = json.dumps({"k": "tick", "at": utcnow().isoformat()}).encode()
+        tick = json.dumps({"k": "tick", "at": p.clock.now().isoformat()}).encode()
         for partition in sorted(p.owned_ledger_partitions()):
             await p.topics["ledger"].send(key=None, value=tick, partition=partition)
 
     if s.rate_cards_poll_seconds > 0:
 
-        @app.timer(interval=s.rate_cards_poll_seconds, name="ratecards")
+        @app.timer(interval=s.rate_cards_poll_seconds, name="ratecards")  # type: ignore[untyped-decorator]
         async def reload_rate_cards() -> None:
             await p.rates.maybe_reload()
 
-    @app.timer(interval=5.0, name="gauges")
+    @app.timer(interval=5.0, name="gauges")  # type: ignore[untyped-decorator]
     async def gauges() -> None:
         _update_gauges(p)
 

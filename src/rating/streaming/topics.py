@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    KafkaError,
+    TopicAlreadyExistsError,
+)
 
 from rating.settings import Settings
 

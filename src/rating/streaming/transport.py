@@ -18,6 +18,15 @@ Registered as the ``rating`` transport (entry point ``faust.transports`` in pypr
   the batch) or ``STOP`` (that partition alone is no longer fetched; the others go on).
   The first failure at a batch only refetches it, in case the bytes were damaged in transit.
 
+- **Flush before commit, for real.** Faust commits an input offset only after
+  ``producer.flush()``, but its ``ProducerBuffer.flush`` returns as soon as no buffered
+  message leaves within 100 ms (e.g. while the Kafka client applies back-pressure), with
+  table changelog records still queued: an offset could be committed ahead of the state it
+  produced. :meth:`Producer.flush` drains the buffer until it is empty, then lets Faust
+  flush the Kafka client. (This replaced a process-wide patch of ``ProducerBuffer.flush``;
+  a unit test pins the Faust shapes it relies on.) Its buffer holds up to 5,000 records
+  before Faust's conductor pauses the agents (Faust: 100, less than one ledger batch).
+
 The attribution reads the traceback of the decoding error (the aiokafka ``PartitionRecords``
 and ``FetchResult`` frames it passes through). That is aiokafka's inside, not an API: the
 unit tests decode a real corrupt batch through those classes and fail if their shape changes.
@@ -40,6 +49,7 @@ from aiokafka.consumer.fetcher import (  # type: ignore[import-untyped]
     FetchResult,
     PartitionRecords,
 )
+from faust.transport import producer as faust_producer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -252,10 +262,46 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class ProducerBuffer(faust_producer.ProducerBuffer):
+    """Faust's buffer of ``send_soon`` records (table changelog writes), with more room.
+
+    Faust's conductor stops delivering *every* input record to the agents while this buffer
+    holds more than ``max_messages`` (Faust: 100), until it has drained to that size. The
+    ledger writes two to three changelog records per CDR, so with 100 a single ledger batch
+    stalled both agents on every batch. The bound stays (memory), above one full batch.
+    """
+
+    max_messages = 5000
+
+
+class Producer(faust_aiokafka.Producer):
+    """Faust's aiokafka producer: a roomier buffer, and ``flush`` empties it before it
+    returns."""
+
+    def __init__(self, transport: Any, loop: Any = None, **kwargs: Any) -> None:
+        super().__init__(transport, loop=loop, **kwargs)
+        # Our own buffer in place of the one Faust's constructor made (not started yet: the
+        # producer starts its buffer in on_start), wired the same way.
+        buffer = ProducerBuffer(loop=self.loop, beacon=self.beacon)
+        if self.threaded_producer is not None:
+            buffer.threaded_producer = self.threaded_producer
+        buffer.app = self.app
+        self.buffer = buffer
+
+    async def flush(self) -> None:
+        buffer = self.buffer
+        # ProducerBuffer.flush gives up after 100 ms without progress; a commit must not
+        # follow until every changelog record has been handed to the Kafka client.
+        while buffer.size:
+            await buffer.flush()
+        await super().flush()  # the (now empty) buffer, then the Kafka client's own flush
+
+
 class Transport(faust_aiokafka.Transport):
-    """``rating://host:port``: Faust's aiokafka transport with :class:`ConsumerThread`."""
+    """``rating://host:port``: Faust's aiokafka transport with our Consumer and Producer."""
 
     Consumer: ClassVar[type[Any]] = Consumer
+    Producer: ClassVar[type[Any]] = Producer
 
     # Configured by :func:`configure` before the worker starts.
     fetch_max_wait_ms: int = 1500

@@ -65,8 +65,10 @@ def register_views(p: Pipeline) -> None:
         headers = {}
         if "Authorization" in request.headers:
             headers["Authorization"] = request.headers["Authorization"]
+        # Faust's Request type does not declare aiohttp's raw_path (path + query, undecoded).
+        raw_path: str = request.raw_path  # type: ignore[attr-defined]
         answer = await routing.send(
-            str(where), request.method, request.raw_path, headers, await request.read()
+            str(where), request.method, raw_path, headers, await request.read()
         )
         return view.bytes(answer.body, content_type=answer.content_type, status=answer.status)
 
@@ -109,7 +111,8 @@ def register_views(p: Pipeline) -> None:
     class ReadyView(View):
         async def get(self, request: Request) -> Response:
             ready = app.consumer_generation_id is not None and not app.rebalancing
-            ready = ready and app.tables.recovery.completed.is_set()
+            # TableManagerT does not declare the recovery service its TableManager has.
+            ready = ready and app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
             return self.json({"ready": bool(ready)}, status=200 if ready else 503)
 
     @app.page("/tenants/{tenant_id}")
