@@ -129,11 +129,16 @@ def test_the_credits_page_in_a_browser(
     wait_until(lambda: usage(other, tenant)["totals"]["calls"] == 8, 60, "8 calls in the usage")
 
     # The usage endpoint (forwarded by the non-owner) sums the Charges to the last decimal.
-    charges = {
-        c["cdr_id"]: c
-        for c in off_loop(read_json, env.bootstrap, env.topic("charges"))
-        if c["tenant_id"] == tenant
-    }
+    # Usage lands in ledger state with the debit; the Charges are published once the batch's
+    # changelog is acked (the outbox), so wait for them on the topic too.
+    def tenant_charges() -> dict[str, Any]:
+        return {
+            c["cdr_id"]: c
+            for c in off_loop(read_json, env.bootstrap, env.topic("charges"))
+            if c["tenant_id"] == tenant
+        }
+
+    charges = wait_until(lambda: len(tenant_charges()) == 8 and tenant_charges(), 60, "8 Charges")
     assert len(charges) == 8
     days = sorted({c["call_start"][:10] for c in charges.values()})
     doc = usage(other, tenant, f"?from={days[0]}&to={days[-1]}")
