@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -135,18 +136,25 @@ def run_foreground(host: str, port: int) -> int:
         flush=True,
     )
     print(f"  export RATING_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+    assert broker.proc is not None
+    return wait_in_foreground("rating broker", broker.proc, broker.stop)
+
+
+def wait_in_foreground(name: str, proc: subprocess.Popen[bytes], stop: Callable[[], None]) -> int:
+    """Until ``proc`` exits (1) or Ctrl-C / SIGTERM (0); ``stop`` runs either way.
+
+    Shared by `rating broker` and `rating kafka`."""
 
     def _stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _stop)
     try:
-        assert broker.proc is not None
-        code = broker.proc.wait()
-        print(f"rating broker: broker exited with code {code}", file=sys.stderr)
+        code = proc.wait()
+        print(f"{name}: broker exited with code {code}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("rating broker: stopping", flush=True)
+        print(f"{name}: stopping", flush=True)
         return 0
     finally:
-        broker.stop()
+        stop()

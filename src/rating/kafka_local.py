@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from rating.broker import BrokerError, free_port, wait_for_port
+from rating.broker import BrokerError, free_port, wait_for_port, wait_in_foreground
 
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "kafka" / "pom.xml"
@@ -290,18 +290,5 @@ def run_foreground(host: str, port: int) -> int:
     )
     print(f"  export RATING_KAFKA_BOOTSTRAP={kafka.bootstrap}", flush=True)
     print(f"  broker log: {log}", flush=True)
-
-    def _stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        assert kafka.proc is not None
-        code = kafka.proc.wait()
-        print(f"rating kafka: broker exited with code {code}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rating kafka: stopping", flush=True)
-        return 0
-    finally:
-        kafka.stop()
+    assert kafka.proc is not None
+    return wait_in_foreground("rating kafka", kafka.proc, kafka.stop)

@@ -98,7 +98,6 @@ from rating.keys import (
     held_key,
     is_kind,
     settings_key,
-    split_key,
     tenant_of,
 )
 from rating.usage import record_activity
@@ -637,4 +636,4 @@ class Ledger:
         return sum(len(entries) for p in partitions for entries in self._held.get(p, {}).values())
 
 
-__all__ = ["HoldPolicy", "Ledger", "Output", "Result", "split_key", "tenant_of"]
+__all__ = ["HoldPolicy", "Ledger", "Output", "Result"]
