@@ -29,6 +29,16 @@ if TYPE_CHECKING:
     from rating.streaming.app import Pipeline
 
 
+def unknown_tenant(view: View, p: Pipeline, tenant_id: str) -> Response:
+    """The 404 of a tenant-scoped read; it says when messages are held for the tenant."""
+    body: dict[str, Any] = {"error": f"unknown tenant {tenant_id!r}"}
+    held = p.ledger.held_count(tenant_id)
+    if held:
+        body["pending_messages"] = held
+        body["error"] += f": {held} message(s) are pending, held until its settings arrive"
+    return view.json(body, status=404)
+
+
 def register_views(p: Pipeline) -> None:
     app = p.app
     token = p.settings.admin_token
@@ -123,14 +133,7 @@ def register_views(p: Pipeline) -> None:
                 return routed
             account = p.ledger.account(tenant_id)
             if account is None:
-                body: dict[str, Any] = {"error": f"unknown tenant {tenant_id!r}"}
-                held = p.ledger.held_count(tenant_id)
-                if held:
-                    body["pending_messages"] = held
-                    body["error"] += (
-                        f": {held} message(s) are pending, held until its settings arrive"
-                    )
-                return self.json(body, status=404)
+                return unknown_tenant(self, p, tenant_id)
             doc = account.public_view()
             doc["served_by"] = local_url()
             doc["partition"] = partition_of(tenant_id, p.settings.partitions)
@@ -146,7 +149,7 @@ def register_views(p: Pipeline) -> None:
                 return routed
             account = p.ledger.account(tenant_id)
             if account is None:
-                return self.json({"error": f"unknown tenant {tenant_id!r}"}, status=404)
+                return unknown_tenant(self, p, tenant_id)
             try:
                 first, last = parse_range(
                     request.query.get("from"), request.query.get("to"), admin_ops.today()
