@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Any
 
 import aiokafka
 import faust
 import pytest
+from mode import Service
 from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.record.memory_records import MemoryRecords
@@ -142,3 +144,155 @@ def test_other_errors_are_not_taken_for_decoding_errors() -> None:
     with pytest.raises(aiokafka.errors.KafkaError) as caught:
         raise aiokafka.errors.KafkaConnectionError("broker gone")
     assert transport.decode_failure(caught.value) is None
+
+
+# --- offsets: never commit past a record no agent processed -----------------------------------
+
+TP_A = transport.TP("cdr.toll-free", 0)
+
+
+async def _noop_rebalance(*_args: object) -> None:
+    return None
+
+
+async def _noop_callback(_message: object) -> None:
+    return None
+
+
+class _Unthreaded(transport.Consumer):
+    """Our consumer without its aiokafka thread (which would open an event loop of its own):
+    nothing in these tests reaches the broker."""
+
+    def _new_consumer_thread(self) -> Any:
+        return Service(loop=self.loop, beacon=self.beacon)
+
+
+def _consumer() -> transport.Consumer:
+    """A consumer of a real Faust app; call it inside the test's event loop."""
+    app = faust.App("t-offsets", broker=f"{transport.SCHEME}://127.0.0.1:1")
+    return _Unthreaded(
+        app.transport,
+        callback=_noop_callback,
+        on_partitions_revoked=_noop_rebalance,
+        on_partitions_assigned=_noop_rebalance,
+        loop=asyncio.get_running_loop(),
+    )
+
+
+def _ack(consumer: transport.Consumer, offsets: range) -> None:
+    consumer._acked[TP_A].extend(offsets)
+    consumer._acked_index[TP_A].update(offsets)
+
+
+def test_faust_offset_bookkeeping_has_the_shape_the_guard_reads() -> None:
+    base = faust_aiokafka.Consumer
+    assert params(base._new_offset) == ["self", "tp"]
+    assert params(base.seek_to_committed) == ["self"]
+    assert params(base.on_partitions_revoked) == ["self", "revoked"]
+    # Faust forgets the committed offsets on revocation: why the guard keeps its own start.
+    assert "self._committed_offset.pop(tp, None)" in inspect.getsource(base.on_partitions_revoked)
+    # ...and skips its head-of-queue check when it does not know one.
+    assert "if committed_offset:" in inspect.getsource(base._new_offset)
+
+    async def scenario() -> None:
+        consumer = _consumer()
+        for name in ("_acked", "_acked_index", "_gap", "_committed_offset", "_read_offset"):
+            assert hasattr(consumer, name), name
+
+    asyncio.run(scenario())
+
+
+def test_a_commit_never_skips_offsets_between_the_committed_one_and_the_first_acked() -> None:
+    async def scenario() -> None:
+        consumer = _consumer()
+        consumer._committed_offset[TP_A] = 10
+        _ack(consumer, range(13, 21))
+        assert consumer._new_offset(TP_A) is None  # 10..12 never processed
+        _ack(consumer, range(10, 13))
+        assert consumer._new_offset(TP_A) == 21
+
+    asyncio.run(scenario())
+
+
+def test_one_offset_at_the_head_is_tolerated_as_faust_does_for_transaction_markers() -> None:
+    async def scenario() -> None:
+        consumer = _consumer()
+        consumer._committed_offset[TP_A] = 10
+        _ack(consumer, range(11, 15))
+        assert consumer._new_offset(TP_A) == 15
+
+    asyncio.run(scenario())
+
+
+def test_acks_that_arrive_during_a_revocation_are_not_committed_over_a_hole() -> None:
+    async def scenario() -> None:
+        consumer = _consumer()
+        consumer._committed_offset[TP_A] = 10
+        await consumer.on_partitions_revoked({TP_A})
+        assert consumer._committed_offset.get(TP_A) is None  # Faust forgot it
+        _ack(consumer, range(15, 21))  # e.g. a batch acked while streams drain
+        assert consumer._new_offset(TP_A) is None  # Faust alone would commit 21
+        _ack(consumer, range(10, 15))
+        assert consumer._new_offset(TP_A) == 21
+
+    asyncio.run(scenario())
+
+
+def test_a_partition_never_committed_starts_where_the_reset_policy_starts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def committed(_self: object) -> dict[transport.TP, int | None]:
+        return {TP_A: None}
+
+    async def earliest(_self: object, *tps: transport.TP) -> dict[transport.TP, int]:
+        return dict.fromkeys(tps, 0)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", committed)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "earliest_offsets", earliest)
+
+    async def scenario() -> None:
+        consumer = _consumer()
+        await consumer.seek_to_committed()
+        _ack(consumer, range(3, 10))
+        assert consumer._new_offset(TP_A) is None  # Faust alone would commit 10 over 0..2
+        _ack(consumer, range(0, 3))
+        assert consumer._new_offset(TP_A) == 10
+
+    asyncio.run(scenario())
+
+
+def test_no_commit_before_the_partition_start_is_known() -> None:
+    async def scenario() -> None:
+        consumer = _consumer()
+        _ack(consumer, range(0, 5))
+        assert consumer._new_offset(TP_A) is None
+
+    asyncio.run(scenario())
+
+
+def test_the_seek_to_committed_offsets_runs_with_the_flow_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bool] = []
+
+    async def committed(self: transport.Consumer) -> dict[transport.TP, int | None]:
+        seen.append(self.flow_active)
+        return {TP_A: 7}
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", committed)
+
+    async def scenario() -> None:
+        consumer = _consumer()
+        consumer.resume_flow()
+        await consumer.perform_seek()
+        # The fetch loop stops delivering what it fetched before the seek; resumes after.
+        assert seen == [False]
+        assert consumer.flow_active
+        assert consumer._read_offset[TP_A] == 7
+        assert consumer._start[TP_A] == 7
+
+        consumer.stop_flow()  # a seek during a rebalance leaves the flow as it found it
+        await consumer.perform_seek()
+        assert not consumer.flow_active
+
+    asyncio.run(scenario())

@@ -258,8 +258,109 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class Consumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, with two holes in its offset bookkeeping closed.
+
+    Faust commits, per partition, the end of the first run of consecutive acked offsets, and
+    drops a fetched record whose offset is below the partition's *read offset* (the last one
+    it delivered), taking it for one it has already delivered. Two things in Faust 0.11 let an
+    input offset be committed past a record no agent processed (CDRs lost, seen in the SIGKILL
+    test on Apache Kafka about 1 run in 6):
+
+    - **A seek racing the fetch loop.** After a rebalance Faust resumes the stream partitions
+      and only then seeks them to their committed offsets (``perform_seek``). The fetch loop
+      goes on delivering the batch it fetched before the seek and records each delivery as
+      the read offset, after the seek has set it to the committed offset; the records that
+      the seek makes it fetch again are then dropped as "already delivered", although some of
+      them never reached an agent. :meth:`perform_seek` stops the flow for the seek, so the
+      fetch loop abandons the old batch (it checks the flow before every record) and the seek
+      sets the read offsets last.
+    - **Commits with no known start.** Faust refuses to commit over a hole at the head of the
+      acked offsets only when it knows the partition's committed offset; during a revocation
+      (it forgets them first, then commits the acks that arrive while streams drain), for a
+      partition nobody has committed yet, or one committed at 0, it commits whatever run it
+      has. :meth:`_new_offset` keeps its own start per partition (the committed offset, or
+      where the consumer starts when there is none) and refuses a commit whose acked run does
+      not begin there. A hole then stalls the partition's commits (its lag grows, a restart
+      reads it again) instead of losing records; it is logged.
+    """
+
+    _start: dict[TP, int]
+    _holes_logged: set[tuple[TP, int]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._start = {}
+        self._holes_logged = set()
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        resume = self.flow_active
+        self.stop_flow()
+        try:
+            await super().perform_seek()
+        finally:
+            if resume:
+                self.resume_flow()
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        # No committed offset: the consumer starts where its reset policy says.
+        fresh = [TP(tp.topic, tp.partition) for tp, offset in committed.items() if offset is None]
+        if fresh:
+            if self.app.conf.consumer_auto_offset_reset == "latest":
+                reset = await self.highwaters(*fresh)
+            else:
+                reset = await self.earliest_offsets(*fresh)
+        else:
+            reset = {}
+        for tp, offset in committed.items():
+            key = TP(tp.topic, tp.partition)
+            start = offset if offset is not None else reset.get(key)
+            if start is not None:
+                self._start[key] = start
+        return committed
+
+    async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
+        # Faust forgets the committed offsets here, then commits while streams drain.
+        for tp in revoked:
+            committed = self._committed_offset.get(tp)
+            if committed is not None:
+                self._start[tp] = max(committed, self._start.get(tp, committed))
+        await super().on_partitions_revoked(revoked)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked.get(tp)
+        if acked:
+            known = [
+                o for o in (self._committed_offset.get(tp), self._start.get(tp)) if o is not None
+            ]
+            start = max(known) if known else None
+            lowest = min(acked)
+            gap = self._gap.get(tp)
+            if gap:  # offsets Faust saw skipped (compacted, transaction markers) count as acked
+                lowest = min(lowest, gap.begin())
+            # Faust's tolerance of one: the committed offset may be a transaction marker.
+            if start is None or lowest - start > 1:
+                self._log_hole(tp, start, lowest)
+                return None
+        return super()._new_offset(tp)
+
+    def _log_hole(self, tp: TP, start: int | None, lowest: int) -> None:
+        key = (tp, -1 if start is None else start)
+        if key in self._holes_logged:
+            return
+        self._holes_logged.add(key)
+        log.warning(
+            "not committing %s:%s: the acked offsets begin at %s but the partition starts at "
+            "%s; offsets in between were never processed, so it is not committed past them "
+            "(they are read again after the next rebalance or restart)",
+            tp.topic,
+            tp.partition,
+            lowest,
+            "an unknown offset" if start is None else start,
+        )
 
 
 class ProducerBuffer(faust_producer.ProducerBuffer):
