@@ -129,6 +129,12 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def format_options(cid: str, props: Path) -> list[str]:
+    """StorageTool's options. The id goes in the same argument as its option: one in 64 ids
+    starts with "-", which the tool's parser would take for an option of its own."""
+    return ["--ignore-formatted", f"--cluster-id={cid}", f"--config={props}"]
+
+
 async def _broker_answers(bootstrap: str) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
@@ -213,11 +219,7 @@ class LocalKafka:
                 *base,
                 "kafka.tools.StorageTool",
                 "format",
-                "--ignore-formatted",
-                "-t",
-                cluster_id(),
-                "-c",
-                str(props),
+                *format_options(cluster_id(), props),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,

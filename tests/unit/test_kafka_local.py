@@ -57,3 +57,9 @@ def test_resolved_jars_need_no_maven(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     (lib / f"kafka_2.13-{kafka_local.pinned_version()}.jar").write_bytes(b"")
     monkeypatch.setenv("PATH", str(tmp_path))
     assert kafka_local.ensure_jars(lib=lib) == lib
+
+
+def test_a_cluster_id_that_starts_with_a_dash_is_not_taken_for_an_option() -> None:
+    options = kafka_local.format_options("-AbC_dEf", Path("/tmp/server.properties"))
+    assert "--cluster-id=-AbC_dEf" in options
+    assert "-AbC_dEf" not in options  # never a separate argument

@@ -286,11 +286,13 @@ class Consumer(faust_aiokafka.Consumer):
 
     _start: dict[TP, int]
     _holes_logged: set[tuple[TP, int]]
+    _lookups: set[asyncio.Future[None]]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._start = {}
         self._holes_logged = set()
+        self._lookups = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -306,21 +308,40 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
-        # No committed offset: the consumer starts where its reset policy says.
-        fresh = [TP(tp.topic, tp.partition) for tp, offset in committed.items() if offset is None]
-        if fresh:
-            if self.app.conf.consumer_auto_offset_reset == "latest":
-                reset = await self.highwaters(*fresh)
-            else:
-                reset = await self.earliest_offsets(*fresh)
-        else:
-            reset = {}
+        fresh: list[TP] = []
         for tp, offset in committed.items():
             key = TP(tp.topic, tp.partition)
-            start = offset if offset is not None else reset.get(key)
-            if start is not None:
-                self._start[key] = start
+            if offset is not None:
+                self._start[key] = offset
+            else:
+                self._start.pop(key, None)
+                fresh.append(key)
+        if fresh:
+            # No committed offset: the consumer starts where its reset policy says. Looked up
+            # in the background: this runs inside Faust's fetch loop too, which must not wait
+            # on the broker in the middle of a rebalance. Until then no commit for them.
+            lookup = asyncio.ensure_future(self._look_up_starts(fresh))
+            self._lookups.add(lookup)
+            lookup.add_done_callback(self._lookups.discard)
         return committed
+
+    async def _look_up_starts(self, tps: list[TP]) -> None:
+        try:
+            if self.app.conf.consumer_auto_offset_reset == "latest":
+                starts = await self.highwaters(*tps)
+            else:
+                starts = await self.earliest_offsets(*tps)
+        except Exception as exc:  # commits of these partitions wait for the next assignment
+            log.warning("cannot look up where %s start: %s", sorted(tps), exc)
+            return
+        for tp in tps:
+            if tp not in self._start and starts.get(tp) is not None:
+                self._start[tp] = starts[tp]
+
+    async def starts_known(self) -> None:
+        """Wait for the partition starts being looked up (tests)."""
+        if self._lookups:
+            await asyncio.gather(*self._lookups)
 
     async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
         # Faust forgets the committed offsets here, then commits while streams drain.
