@@ -27,11 +27,16 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from rating.contracts import format_money
 from rating.reconcile import (
     Answer,
     Answered,
+    Counts,
+    Finding,
     Record,
     Report,
+    Status,
+    TenantCheck,
     Unanswered,
     compare,
     describe,
@@ -187,14 +192,12 @@ async def _read_all(consumer: Any, topics: Topics, tp_type: Any) -> dict[str, li
                 Record(tp.topic, tp.partition, m.offset, m.key, m.value) for m in msgs
             )
 
+    # Records fetched past an end offset are kept: some brokers (the embedded Tansu) report
+    # the end as the last batch's base offset + 1, and the rest of that batch is history too.
     pending = [tp for tp in tps if ends[tp] > 0]
     while pending:
         take(await consumer.getmany(*pending, timeout_ms=200))
         pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
-    # Some brokers (the embedded Tansu) report the end as the last batch's base offset + 1:
-    # what was already fetched of that batch is part of the history too.
-    while batch := await consumer.getmany(timeout_ms=0):
-        take(batch)
     return out
 
 
@@ -246,44 +249,36 @@ def ask_workers(urls: Sequence[str], tenants: Sequence[str]) -> dict[str, Answer
 # --- the command --------------------------------------------------------------------------
 
 
-def check(args: argparse.Namespace, settings: Settings, urls: Sequence[str]) -> Report:
+def check(
+    args: argparse.Namespace, settings: Settings, urls: Sequence[str], only: set[str] | None
+) -> Report:
+    """Read the topics, recompute the balances of ``only`` (None: all), ask the workers."""
     topics = Topics.of(settings)
     bootstrap = args.bootstrap or settings.kafka_bootstrap
     records = asyncio.run(read_topics(bootstrap, topics, args.read_timeout))
-    wanted = None if not args.tenant else set(args.tenant)
     recomputed = recompute(
         records[topics.settings],
         records[topics.funds],
         records[topics.charges],
         records[topics.rejected],
-        tenants=wanted,
+        tenants=only,
     )
     answers = ask_workers(urls, list(recomputed.tenants))
     report = compare(recomputed, answers)
-    if wanted is not None:
-        # A tenant asked for by name but without accepted settings is not silently skipped.
-        missing = sorted(wanted - set(recomputed.tenants))
-        if missing:
-            report = _with_missing(report, missing, answers)
-    return report
-
-
-def _with_missing(report: Report, missing: list[str], answers: dict[str, Answer]) -> Report:
-    from rating.reconcile import Status, TenantCheck
-
-    extra = tuple(
-        TenantCheck(
-            t,
-            "?",
-            Decimal(0),
-            None,
-            Status.UNKNOWN,
-            "no accepted settings on the settings topic: not a tenant",
+    # A tenant asked for by name but without accepted settings is reported, not skipped.
+    missing = sorted((only or set()) - set(recomputed.tenants))
+    if not missing:
+        return report
+    extra = []
+    for tenant, answer in ask_workers(urls, missing).items():
+        said = (
+            f"the workers hold balance {format_money(answer.balance)} {answer.currency}"
+            if isinstance(answer, Answered)
+            else f"the workers answer {answer.status}: {answer.detail}"
         )
-        for t in missing
-        if t not in answers
-    )
-    return Report(report.checks + extra, report.findings, report.counts)
+        detail = f"no accepted settings on the settings topic; {said}"
+        extra.append(TenantCheck(tenant, "?", Decimal(0), None, Status.UNKNOWN, detail))
+    return Report(report.checks + tuple(extra), report.findings, report.counts)
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
@@ -293,31 +288,42 @@ def run_reconcile(args: argparse.Namespace) -> int:
         return _error(str(exc))
     urls = [str(u).rstrip("/") for u in (args.url or [f"http://127.0.0.1:{settings.web_port}"])]
     deadline = time.monotonic() + max(args.wait, 0.0)
+    # Under traffic a tenant's balance and its topics are rarely read at the same instant,
+    # so --wait re-checks only the tenants that still differ: a tenant whose balance matched
+    # the topics once is confirmed. Findings are facts about the topics: they stay.
+    remaining = None if not args.tenant else set(args.tenant)
+    confirmed: dict[str, TenantCheck] = {}
+    findings: dict[Finding, None] = {}
+    counts: Counts | None = None
+    drifted: tuple[TenantCheck, ...] = ()
     while True:
         try:
-            report = check(args, settings, urls)
-            error = None
+            report = check(args, settings, urls, remaining)
         except ReconcileError as exc:
-            if not exc.transient:
+            if not exc.transient or time.monotonic() >= deadline:
                 return _error(str(exc))
-            report, error = None, exc
+            what = str(exc)
+        else:
+            counts = counts or report.counts  # the first read covers every tenant asked for
+            confirmed.update((c.tenant_id, c) for c in report.checks if c.status is Status.OK)
+            findings.update(dict.fromkeys(report.findings))
+            drifted = report.drifted
+            if not drifted or time.monotonic() >= deadline:
+                break
+            remaining = {c.tenant_id for c in drifted}
+            what = f"{len(drifted)} tenants differ"
         left = deadline - time.monotonic()
-        done = report is not None and report.consistent
-        if done or left <= 0:
-            break
-        what = str(error) if report is None else f"{len(report.drifted)} tenants drifted"
         print(f"reconcile: {what}; re-checking ({left:.0f}s left)", file=sys.stderr, flush=True)
-        time.sleep(min(args.interval, max(left, 0.0)))
-    if report is None:
-        assert error is not None
-        return _error(str(error))
-    for c in report.checks:
-        if args.all or c in report.drifted:
+        time.sleep(max(min(args.interval, left), 0.0))
+    checks = tuple(sorted((*confirmed.values(), *drifted), key=lambda c: c.tenant_id))
+    final = Report(checks, tuple(findings), counts)
+    for c in final.checks:
+        if args.all or c.status is not Status.OK:
             print(describe(c))
-    for f in report.findings:
+    for f in final.findings:
         print(describe_finding(f))
-    print(summary(report), flush=True)
-    return 0 if report.consistent else 1
+    print(summary(final), flush=True)
+    return 0 if final.consistent else 1
 
 
 def _error(message: str) -> int:
