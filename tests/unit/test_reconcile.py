@@ -601,3 +601,92 @@ def test_recomputation_matches_the_real_ledger(seed: int) -> None:
     # The Rejections matter: ignoring them, the same topics give other balances.
     naive = recompute(rig.settings, rig.funds, rig.charges, [])
     assert not compare(naive, answers).consistent
+
+
+# --- the command's re-check loop (rating.reconcile_cli), with check() stubbed -------------
+
+
+def _args(*argv: str):  # type: ignore[no-untyped-def]
+    import argparse
+
+    from rating.reconcile_cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(["--interval", "0", *argv])
+
+
+def _check(tenant: str, status: Status, answered: str = "1") -> Any:
+    from rating.reconcile import TenantCheck
+
+    return TenantCheck(tenant, "USD", Decimal(1), Decimal(answered), status)
+
+
+def test_wait_rechecks_only_the_tenants_that_differ(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rating import reconcile_cli
+    from rating.reconcile import Counts, Report
+
+    asked: list[set[str] | None] = []
+    answers = [
+        Report((_check("a", Status.OK), _check("b", Status.DRIFT, "2")), (), Counts(charges=7)),
+        Report((_check("b", Status.DRIFT, "2"),), (), Counts()),
+        Report((_check("b", Status.OK),), (), Counts()),
+    ]
+
+    def fake(args: Any, settings: Any, urls: Any, only: set[str] | None) -> Report:
+        asked.append(only)
+        return answers[len(asked) - 1]
+
+    monkeypatch.setattr(reconcile_cli, "check", fake)
+    assert reconcile_cli.run_reconcile(_args("--wait", "60", "--all")) == 0
+    assert asked == [None, {"b"}, {"b"}]
+    out = capsys.readouterr()
+    assert "OK tenant=a " in out.out
+    assert "OK tenant=b " in out.out
+    assert "consistent: 2 tenants checked, 0 drifted" in out.out
+    assert "charges: 7 read" in out.out  # the counts of the first, complete read
+    assert out.err.count("re-checking") == 2
+
+
+def test_without_wait_a_drift_is_reported_at_once(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rating import reconcile_cli
+    from rating.reconcile import Counts, Report
+
+    calls = []
+
+    def fake(args: Any, settings: Any, urls: Any, only: set[str] | None) -> Report:
+        calls.append(only)
+        return Report((_check("b", Status.DRIFT, "2"),), (), Counts())
+
+    monkeypatch.setattr(reconcile_cli, "check", fake)
+    assert reconcile_cli.run_reconcile(_args()) == 1
+    assert len(calls) == 1
+    assert "DRIFT tenant=b expected=1 answered=2 difference=+1" in capsys.readouterr().out
+
+
+def test_errors_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from rating import reconcile_cli
+    from rating.reconcile_cli import ReconcileError
+
+    calls = 0
+
+    def transient(*_: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        raise ReconcileError("cannot reach the Kafka brokers", transient=True)
+
+    monkeypatch.setattr(reconcile_cli, "check", transient)
+    assert reconcile_cli.run_reconcile(_args("--wait", "0.3", "--interval", "0.1")) == 2
+    assert calls > 1  # retried while --wait lasted
+    assert "cannot reach the Kafka brokers" in capsys.readouterr().err
+
+    def permanent(*_: Any) -> Any:
+        raise ReconcileError("topic 'x' does not exist", transient=False)
+
+    monkeypatch.setattr(reconcile_cli, "check", permanent)
+    assert reconcile_cli.run_reconcile(_args("--wait", "60")) == 2  # at once, no waiting
+    assert "does not exist" in capsys.readouterr().err
