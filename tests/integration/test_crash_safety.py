@@ -267,3 +267,4 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
     # --wait only re-polls while the workers catch up; a real drift still fails.
     final = reconcile(env, "--wait", "30", urls=[a.url, c.url])
     assert final.returncode == 0, (final.stdout, final.stderr)
+    assert f"consistent: {len(TENANTS)} tenants checked, 0 drifted" in final.stdout, final.stdout
