@@ -195,9 +195,12 @@ async def _read_all(consumer: Any, topics: Topics, tp_type: Any) -> dict[str, li
     # Records fetched past an end offset are kept: some brokers (the embedded Tansu) report
     # the end as the last batch's base offset + 1, and the rest of that batch is history too.
     pending = [tp for tp in tps if ends[tp] > 0]
+    consumer.pause(*[tp for tp in tps if tp not in pending])
     while pending:
         take(await consumer.getmany(*pending, timeout_ms=200))
-        pending = [tp for tp in pending if await consumer.position(tp) < ends[tp]]
+        done = [tp for tp in pending if await consumer.position(tp) >= ends[tp]]
+        consumer.pause(*done)  # what was published since the start is not read
+        pending = [tp for tp in pending if tp not in done]
     return out
 
 
