@@ -96,6 +96,12 @@ def _replay(args: argparse.Namespace) -> int:
     return run_replay(args)
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from rating.reconcile_cli import run_reconcile
+
+    return run_reconcile(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from rating import offline
 
@@ -157,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = rejected.add_parser("replay", help="re-publish rejected messages to their source topic")
     replay_args(p)
     p.set_defaults(handler=_replay)
+
+    from rating.reconcile_cli import add_arguments as reconcile_args
+
+    p = sub.add_parser(
+        "reconcile",
+        help="recompute every balance from the topics and compare with the workers' "
+        "(exit 1 on drift)",
+    )
+    reconcile_args(p)
+    p.set_defaults(handler=_reconcile)
     return parser
 
 

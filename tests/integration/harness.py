@@ -244,6 +244,18 @@ class Worker:
         return body
 
 
+def reconcile(
+    env: Env, *args: str, urls: Iterable[str] = (), timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`rating reconcile` as an operator runs it, on ``env``'s topics, asking ``urls``."""
+    cmd = [sys.executable, "-m", "rating", "reconcile", *args]
+    for url in urls:
+        cmd += ["--url", url]
+    return subprocess.run(
+        cmd, env=env.worker_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     return http_request("GET", url, headers=headers)
 

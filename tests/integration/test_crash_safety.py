@@ -33,6 +33,7 @@ from tests.integration.harness import (
     produce,
     read_records,
     read_topic,
+    reconcile,
     settings_msg,
     wait_until,
 )
@@ -260,3 +261,10 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
         )
         # Either worker answers, whoever owns the partition.
         assert _balance(c, tenant) == expected
+
+    # The SRE's final check after an incident: every balance recomputed from the topics
+    # (funds, charges deduplicated by cdr_id, rejections) equals what the workers hold.
+    # --wait only re-polls while the workers catch up; a real drift still fails.
+    final = reconcile(env, "--wait", "30", urls=[a.url, c.url])
+    assert final.returncode == 0, (final.stdout, final.stderr)
+    assert f"consistent: {len(TENANTS)} tenants checked, 0 drifted" in final.stdout, final.stdout

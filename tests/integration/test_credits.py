@@ -40,6 +40,7 @@ from tests.integration.harness import (
     produce,
     read_json,
     read_records,
+    reconcile,
     settings_msg,
     wait_until,
 )
@@ -683,6 +684,11 @@ def test_sigkill_with_billing_sim_credits_every_recharge_once(
             assert resolved <= first_seen[next_id], (prev_id, next_id, resolved, first_seen)
         recharges_seen += len(paid)
     assert recharges_seen >= SIM_TENANTS * 2, "expected several recharges to exercise"
+
+    # The final check an SRE runs after the crashes: balances recomputed from the topics.
+    final = reconcile(env, "--wait", "30", urls=[w.url])
+    assert final.returncode == 0, (final.stdout, final.stderr)
+    assert f"consistent: {SIM_TENANTS} tenants checked, 0 drifted" in final.stdout, final.stdout
 
 
 def _values(env: Env, field: str) -> list[bytes]:
