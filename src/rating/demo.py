@@ -387,7 +387,11 @@ class Demo:
         return False
 
     async def flow(self) -> int:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import (  # type: ignore[import-untyped]
+            AIOKafkaConsumer,
+            AIOKafkaProducer,
+            TopicPartition,
+        )
 
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
