@@ -24,7 +24,6 @@ import asyncio
 import json
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,20 +32,22 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from tests.integration.harness import (
+
+from rating.broker import EmbeddedBroker
+from rating.testing import (
     Env,
     Worker,
+    create_topics,
     http_get,
     metric_value,
     produce,
     read_records,
     recent_call_start,
     settings_msg,
+    start_process,
+    stop_process,
     wait_until,
 )
-
-from rating.broker import EmbeddedBroker
 
 NUMBERS = ["+14155550100", "+447700900123", "+4520123456", "+31612345678", "+4915112345678"]
 PRODUCTS = ["conferencing_dialout", "conferencing_tollfree_dialin", "tollfree_inbound"]
@@ -75,40 +76,9 @@ def cdr_records(n: int, tenants: list[str], prefix: str = "b") -> Records:
     return out
 
 
-async def _publish(bootstrap: str, topic: str, records: Records) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=256 * 1024)
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, key=k, value=v) for k, v in records]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
 def publish(bootstrap: str, topic: str, records: Records) -> None:
-    asyncio.run(_publish(bootstrap, topic, records))
-
-
-def create_topic(bootstrap: str, name: str, partitions: int) -> None:
-    async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(name, partitions, 1)])
-        finally:
-            await admin.close()
-
-    asyncio.run(go())
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+    """All of ``records``, in large produce requests."""
+    produce(bootstrap, topic, records, max_batch_size=256 * 1024)
 
 
 # --- the floor ----------------------------------------------------------------------------
@@ -116,28 +86,26 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 def noop_rate(bootstrap: str, records: Records, log_dir: Path, run: int) -> float:
     topic = f"noop{run}-{time.time_ns()}"
-    create_topic(bootstrap, topic, Env(bootstrap).input_partitions)
+    create_topics(bootstrap, {topic: Env(bootstrap).input_partitions})
     publish(bootstrap, topic, records)
     out = log_dir / f"noop-{run}.json"
-    log = (log_dir / f"noop-{run}.log").open("wb")
-    proc = subprocess.Popen(
+    log = log_dir / f"noop-{run}.log"
+    proc = start_process(
         [sys.executable, "-m", "bench.noop_agent", bootstrap, topic, str(len(records)), str(out)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        log,
         cwd=Path(__file__).resolve().parents[1],
     )
     try:
 
         def done() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"the no-op agent exited {proc.returncode}; see {log.name}")
+                raise AssertionError(f"the no-op agent exited {proc.returncode}; see {log}")
             return out.exists()
 
         wait_until(done, 300, "the no-op agent to count every CDR", interval=0.2)
         figures = json.loads(out.read_text())
     finally:
-        stop(proc)
-        log.close()
+        stop_process(proc)
     return float(figures["count"]) / float(figures["seconds"])
 
 

@@ -1,6 +1,6 @@
 """State at scale: changelog bytes, RSS and restart time as remembered CDRs grow (a benchmark).
 
-    python bench/bench_state.py [--small 20000] [--large 120000] [--tenants 50]
+    python -m bench.bench_state [--small 20000] [--large 120000] [--tenants 50]
                                 [--store rocksdict://]
 
 One worker on the embedded broker. After ``--small`` and again after ``--large`` charged
@@ -16,19 +16,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-import asyncio  # noqa: E402
-
-from tests.integration.harness import (  # noqa: E402
+from bench.bench_pipeline import cdr_records, publish
+from rating.broker import EmbeddedBroker
+from rating.testing import (
     Env,
     Worker,
     http_get,
@@ -38,9 +33,6 @@ from tests.integration.harness import (  # noqa: E402
     settings_msg,
     wait_until,
 )
-
-from bench_pipeline import cdr_lines, publish  # noqa: E402
-from rating.broker import EmbeddedBroker  # noqa: E402
 
 
 @dataclass
@@ -106,7 +98,7 @@ def main() -> None:
     ap.add_argument("--store", default="rocksdict://")
     args = ap.parse_args()
     tenants = [f"bench-{i}" for i in range(args.tenants)]
-    records = cdr_lines(args.large, tenants)
+    records = cdr_records(args.large, tenants)
     points: list[Point] = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         env = Env(broker.bootstrap)
@@ -124,7 +116,7 @@ def main() -> None:
             )
             done = 0
             for target in (args.small, args.large):
-                asyncio.run(publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target]))
+                publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target])
                 # The counter restarts with the worker: count what this process charged.
                 base = charged(worker)
                 wait_until(

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -83,7 +84,7 @@ def _worker_url(args: argparse.Namespace) -> str:
 
 
 def publish(bootstrap: str, topic: str, key: str, model: BaseModel) -> None:
-    from aiokafka import AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
     async def go() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
@@ -134,7 +135,7 @@ def set_tenant(args: argparse.Namespace) -> int:
 
 
 def fetch_tenant(base_url: str, tenant: str) -> tuple[int, Any]:
-    url = f"{base_url}/tenants/{urllib.request.quote(tenant, safe='')}"
+    url = f"{base_url}/tenants/{urllib.parse.quote(tenant, safe='')}"
     try:
         with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - operator's URL
             return resp.status, json.loads(resp.read())

@@ -88,7 +88,7 @@ async def serve(
     group: str,
     stop: asyncio.Event,
 ) -> None:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
     consumer = AIOKafkaConsumer(
         commands_topic,

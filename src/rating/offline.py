@@ -27,12 +27,13 @@ from rating.contracts import CDR, Currency, OfflineRejection, RejectReason, Tena
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import describe_validation_error
+from rating.errors import RatingBaseError
 from rating.ingest import Invalid, parse_value
 
 _MAX_PROBLEMS = 20
 
 
-class _InputError(Exception):
+class _InputError(RatingBaseError):
     """An input the whole run cannot go on without: exit 2 with this message."""
 
 

@@ -149,7 +149,7 @@ async def publish_cdrs(
 
     ``interval`` seconds between CDRs spreads them out like calls ending over time.
     """
-    from aiokafka import AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
     sent: Counter[str] = Counter()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)

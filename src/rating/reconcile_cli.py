@@ -28,6 +28,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from rating.contracts import format_money
+from rating.errors import RatingBaseError
 from rating.reconcile import (
     Answer,
     Answered,
@@ -52,7 +53,7 @@ HTTP_TIMEOUT_SECONDS = 10.0
 FETCH_THREADS = 8
 
 
-class ReconcileError(Exception):
+class ReconcileError(RatingBaseError):
     """The check could not be made (exit 2). ``transient``: ``--wait`` may retry it."""
 
     def __init__(self, message: str, *, transient: bool) -> None:

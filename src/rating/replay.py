@@ -63,7 +63,7 @@ def wanted(rej: Rejection, reasons: set[RejectReason] | None) -> bool:
 
 
 async def replay(bootstrap: str, rejected_topic: str, args: argparse.Namespace) -> Counter[str]:
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 
     reasons = None if not args.reason else {RejectReason(r) for r in args.reason}
     consumer = AIOKafkaConsumer(

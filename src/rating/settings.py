@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rating.errors import RatingBaseError
+
 MIN_TOKEN_LENGTH = 16
 _HOST_PORT = r"^[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*$"
 
@@ -153,7 +155,7 @@ class Settings(BaseSettings):
             raise SettingsError(f"RATING_RATE_CARDS: file {str(path)!r} is not readable")
 
 
-class SettingsError(ValueError):
+class SettingsError(RatingBaseError, ValueError):
     """Bad configuration, phrased for the operator."""
 
 

@@ -34,7 +34,7 @@ def run_worker() -> int:
     except SettingsError as exc:  # e.g. a Kafka codec library missing
         return _fail(str(exc))
 
-    from aiokafka.errors import KafkaError
+    from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
     from rating.streaming.topics import ensure_topics
 

@@ -5,11 +5,8 @@ Started in its own session with a throw-away config and TSDB; always stopped by 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import urllib.parse
 from collections.abc import Iterable
@@ -19,7 +16,7 @@ from typing import Any
 import pytest
 
 from rating.broker import free_port
-from tests.integration.harness import http_get, wait_until
+from rating.testing import http_get, start_process, stop_process, tail, wait_until
 
 
 def prometheus_binary() -> str:
@@ -71,24 +68,18 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> Prometheus:
-        log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    self.binary,
-                    f"--config.file={self.config_path}",
-                    f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}",
-                    "--web.enable-lifecycle",
-                    "--log.level=info",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                cwd=self.workdir,
-            )
-        finally:
-            log.close()
+        self.proc = start_process(
+            [
+                self.binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                "--log.level=info",
+            ],
+            self.log_path,
+            cwd=self.workdir,
+        )
         self.wait_ready(timeout)
         return self
 
@@ -107,22 +98,11 @@ class Prometheus:
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM the process group, SIGKILL it after ``timeout`` seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, timeout)
 
     def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return tail(self.log_path, n)
 
     # --- HTTP API -----------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import confluent_kafka
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.produce import ProduceRequest
 
@@ -27,6 +27,7 @@ from tests.integration.harness import (
     funds_msg,
     http_get,
     metric_value,
+    produce,
     read_json,
     settings_msg,
     wait_until,
@@ -47,20 +48,8 @@ def publish_librdkafka(bootstrap: str, topic: str, records: Records, codec: str)
 
 
 def publish_aiokafka(bootstrap: str, topic: str, records: Records, codec: str) -> None:
-    async def go() -> None:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            compression_type=None if codec == "none" else codec,
-            linger_ms=20,
-        )
-        await producer.start()
-        try:
-            futures = [await producer.send(topic, key=k, value=v) for k, v in records]
-            await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    asyncio.run(go())
+    compression = None if codec == "none" else codec
+    produce(bootstrap, topic, records, compression_type=compression, linger_ms=20)
 
 
 CORRUPT_MESSAGE = 2  # Kafka's error code when a broker validates a batch and refuses it

@@ -10,14 +10,10 @@ own worker. Every wait polls a condition against a deadline; money is compared a
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import random
-import signal
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -30,6 +26,7 @@ from typing import Any
 import pytest
 
 from rating.partitioning import partition_of
+from rating.testing import billing_sim_command, start_process, stop_process
 from tests.integration.harness import (
     Env,
     Worker,
@@ -521,39 +518,8 @@ SIM_TRIGGER = "5.00"
 
 
 def _start_billing_sim(env: Env, log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "rating",
-                "billing-sim",
-                "--failure-rate",
-                "0.3",
-                "--seed",
-                "3",
-                "--latency",
-                "0.1",
-                "--group",
-                f"billing-{env.name}",
-            ],
-            env=env.worker_env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    cmd = billing_sim_command(failure_rate=0.3, seed=3, latency=0.1, group=f"billing-{env.name}")
+    return start_process(cmd, log_path, env.worker_env())
 
 
 def test_sigkill_with_billing_sim_credits_every_recharge_once(
@@ -629,7 +595,7 @@ def test_sigkill_with_billing_sim_credits_every_recharge_once(
 
         wait_until(settled, 120, "no recharge outstanding")
     finally:
-        _stop(sim)
+        stop_process(sim, 15)
 
     commands = [json.loads(v) for v in _values(env, "recharge_commands")]
     funds = [(r, json.loads(r.value)) for r in read_records(b, env.topic("funds"))]

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rating.broker import free_port
+from rating.testing import kill_process
 from tests.integration.harness import (
     SAMPLE_CARDS,
     Env,
@@ -180,8 +181,6 @@ def test_broker_command_serves_kafka_and_stops_cleanly_on_sigterm(tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        kill_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()

@@ -20,12 +20,13 @@ from pydantic import ValidationError
 
 from rating.contracts import Product, Rate, RateCard
 from rating.domain.validation import describe_validation_error
+from rating.errors import RatingBaseError
 
 # Enough problems to fix a file in one go, few enough to read.
 _MAX_PROBLEMS = 20
 
 
-class RateCardError(ValueError):
+class RateCardError(RatingBaseError, ValueError):
     """A rate-card source that cannot be used. Each line of the message names the file, the
     card (its ``rate_card_id``, or its position when it has none) and the field."""
 

@@ -477,7 +477,7 @@ def _register_timers(p: Pipeline) -> None:
     @app.timer(interval=s.tick_seconds, name="clock")  # type: ignore[untyped-decorator]
     async def clock() -> None:
         # The clock goes through the log, so retries and expiry are replayed like any input.
-        tick = json.dumps({"k": "tick", "at": p.clock.now().isoformat()}).encode()
+        tick = json.dumps({"k": "tick"}).encode()
         for partition in sorted(p.owned_ledger_partitions()):
             await p.topics["ledger"].send(key=None, value=tick, partition=partition)
 

@@ -31,6 +31,7 @@ from faust.web import Request, Response, View
 from pydantic import ValidationError
 
 from rating.contracts import AutoRecharge, FundsEvent, FundsKind, Product, format_money
+from rating.errors import RatingBaseError
 from rating.streaming import admin_ops
 from rating.streaming.routing import Answer, Route, Routing
 from rating.web import i18n
@@ -68,7 +69,7 @@ _env = jinja2.Environment(
 )
 
 
-class UnavailableError(Exception):
+class UnavailableError(RatingBaseError):
     """The tenant's owner is unknown (rebalancing) or did not answer."""
 
 

@@ -1,14 +1,9 @@
-"""`rating demo`: broker, one worker, simulated billing and platform, all in one; shows the flow.
+"""The story the demo tells: two tenants, their funds, a burst of calls (with a malformed
+line and a duplicate), and what the output topics said about it, as it happens; then the
+table that checks balance = funds + recharges - charges, exactly, and the worker's counters.
 
-1. Kafka: the embedded broker on a free port (or the cluster in RATING_KAFKA_BOOTSTRAP, with
-   topic names and app id unique to this run so nothing already there is touched).
-2. One `rating worker` and one `rating billing-sim` subprocess, logging to a temp directory.
-3. Two tenants, funds, then CDRs from the simulated platform (plus a malformed line and a
-   duplicate), while the output topics are read and told as a story.
-4. A final table that checks balance = funds + recharges - charges, exactly.
-
-Every process it starts is stopped again (SIGTERM, then SIGKILL after a deadline), also on
-Ctrl-C and SIGTERM.
+It talks to the pipeline only as its clients do: contract topics and the worker's HTTP API.
+The processes it talks to are started and stopped by :class:`rating.demo.processes.Processes`.
 """
 
 from __future__ import annotations
@@ -16,41 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import secrets
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
-from types import FrameType
-from typing import IO, Any
+from typing import Any
 
-import rating
-from rating.broker import BrokerError, EmbeddedBroker, free_port
 from rating.contracts import FundsEvent, FundsKind, TenantSettings, format_money
+from rating.demo.processes import DemoError, Printer, Processes
 from rating.platform_sim import encode, generate_cdrs, topic_for
-from rating.settings import Topics
+from rating.testing import http_json, metric_value
 
-BILLING_FAILURE_RATE = 0.2
-BILLING_SEED = 7
-BILLING_LATENCY = 0.3
 PLATFORM_SEED = 7
 #: contoso is the busy tenant: three of every four calls.
 TRAFFIC_PATTERN = ("contoso", "contoso", "fabrikam", "contoso")
 PUBLISH_SECONDS = 10.0  # calls "end" over about this long, so the story unfolds
-READY_TIMEOUT = 90.0
 SETTLE_TIMEOUT = 60.0
-STOP_TIMEOUT = 20.0
 REORDER_MS = 400  # how long a message waits for earlier ones from other partitions
 
 TENANTS: tuple[TenantSettings, ...] = (
@@ -90,51 +69,6 @@ def with_auto_recharge(settings: TenantSettings, *, enabled: bool) -> TenantSett
     return TenantSettings.model_validate(doc)
 
 
-class DemoError(RuntimeError):
-    """The demo cannot go on; the message says why (and where the logs are)."""
-
-
-def repo_rate_cards() -> Path | None:
-    """ratecards/sample.json next to the package (a source checkout), else RATING_RATE_CARDS."""
-    candidate = Path(rating.__file__).resolve().parents[2] / "ratecards" / "sample.json"
-    if candidate.is_file():
-        return candidate
-    env = os.environ.get("RATING_RATE_CARDS")
-    if env and Path(env).is_file():
-        return Path(env).resolve()
-    return None
-
-
-def http_json(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    """(status, parsed body); status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our worker
-            body = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, None
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body.decode(errors="replace")
-
-
-def metric_sum(text: str, name: str, label: str = "") -> float:
-    """Sum of the samples of ``name`` in Prometheus text (whose labels contain ``label``)."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, labels = head.partition("{")
-        if metric == name and label in labels:
-            with contextlib.suppress(ValueError):
-                total += float(value)
-    return total
-
-
 def money(value: Decimal) -> str:
     return "0.00" if value == 0 else format_money(value)
 
@@ -164,20 +98,15 @@ class Tally:
         return self.funds[tenant] + self.recharges[tenant] - self.charged[tenant]
 
 
-class Demo:
-    def __init__(self, cdrs: int, keep_running: bool, out: IO[str] | None = None) -> None:
+class Story:
+    """Tells the run: publishes what the platform, admins and billing would, reads every
+    output topic and narrates it in causal order, checks the balances at the end."""
+
+    def __init__(self, procs: Processes, out: Printer, cdrs: int, keep_running: bool) -> None:
+        self.procs = procs
+        self.out = out
         self.n = cdrs
         self.keep_running = keep_running
-        self.out = out or sys.stdout
-        self.workdir = Path(tempfile.mkdtemp(prefix="rating-demo-"))
-        self.broker: EmbeddedBroker | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
-        self.billing: subprocess.Popen[bytes] | None = None
-        self.bootstrap = ""
-        self.external = False
-        self.topics = Topics()
-        self.port = 0
-        self.env: dict[str, str] = {}
         self.tally = Tally()
         self.verbose_charges = cdrs <= 120
         self.duplicate_id: str | None = None
@@ -186,196 +115,14 @@ class Demo:
         self.reader_idle = False
         self.started = time.monotonic()
 
-    # --- output ---------------------------------------------------------------------------
-
-    def say(self, text: str = "") -> None:
-        print(text, file=self.out, flush=True)
-
-    def line(self, what: str, tenant: str, text: str) -> None:
-        self.say(f"  {what:<9} {tenant:<9} {text}")
-
-    def info(self, what: str, text: str) -> None:
-        self.say(f"  {what:<9} {text}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def worker_log(self) -> Path:
-        return self.workdir / "worker.log"
-
-    def worker_tail(self, n: int = 30) -> str:
-        try:
-            lines = self.worker_log.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no worker log)"
-        return "\n".join(lines[-n:])
-
-    # --- processes ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        cards = repo_rate_cards()
-        if cards is None:
-            raise DemoError(
-                "cannot find ratecards/sample.json next to the package; set RATING_RATE_CARDS"
-            )
-        self.say("rating demo: Kafka, one rating worker, simulated platform and billing")
-        self.say()
-        self.say("Starting")
-        external = os.environ.get("RATING_KAFKA_BOOTSTRAP")
-        prefix, app_id = "", "rating-demo"
-        if external:
-            run = uuid.uuid4().hex[:6]
-            self.external = True
-            self.bootstrap = external
-            prefix, app_id = f"demo-{run}.", f"rating-demo-{run}"
-            self.info("kafka", f"{external} (RATING_KAFKA_BOOTSTRAP)")
-            self.info("", f"this run's topics start with {prefix!r}, app id {app_id}")
-        else:
-            try:
-                self.broker = EmbeddedBroker(log=self.workdir / "broker.log").start()
-            except BrokerError as exc:
-                raise DemoError(str(exc)) from exc
-            self.bootstrap = self.broker.bootstrap
-            self.info("kafka", f"embedded broker on {self.bootstrap} (Tansu, in memory)")
-        self.topics = Topics.model_validate(
-            {name: prefix + str(f.default) for name, f in Topics.model_fields.items()}
-        )
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RATING_")}
-        env.update(
-            {
-                "RATING_KAFKA_BOOTSTRAP": self.bootstrap,
-                "RATING_RATE_CARDS": str(cards),
-                "RATING_WEB_PORT": str(self.port),
-                "RATING_WEB_HOST": "127.0.0.1",
-                "RATING_DATA_DIR": str(self.workdir / "data"),
-                "RATING_APP_ID": app_id,
-                "RATING_PARTITIONS": "4",
-                "RATING_SESSION_TIMEOUT_SECONDS": "6",
-                "RATING_REBALANCE_TIMEOUT_SECONDS": "6",
-                "RATING_HEARTBEAT_SECONDS": "1",
-                "RATING_COMMIT_INTERVAL_SECONDS": "0.5",
-                "RATING_TICK_SECONDS": "1",
-                "RATING_RECHARGE_TIMEOUT_SECONDS": "10",
-                "RATING_RECHARGE_BACKOFF_SECONDS": "1",
-                "RATING_ADMIN_TOKEN": secrets.token_urlsafe(24),
-                "RATING_LOG_LEVEL": "INFO",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        for name in Topics.model_fields:
-            env[f"RATING_TOPIC_{name.upper()}"] = getattr(self.topics, name)
-        self.env = env
-
-        with self.worker_log.open("ab") as log:
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "rating", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches the demo only; it stops the rest
-            )
-        billing_cmd = [
-            sys.executable,
-            "-m",
-            "rating",
-            "billing-sim",
-            "--failure-rate",
-            str(BILLING_FAILURE_RATE),
-            "--seed",
-            str(BILLING_SEED),
-            "--latency",
-            str(BILLING_LATENCY),
-            "--group",
-            f"{app_id}-billing",
-            "--bootstrap",
-            self.bootstrap,
-        ]
-        with (self.workdir / "billing.log").open("ab") as log:
-            self.billing = subprocess.Popen(
-                billing_cmd,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.info("worker", f"starting, log: {self.worker_log}")
-        self.info(
-            "billing",
-            f"simulated: {BILLING_FAILURE_RATE:.0%} of attempts declined, "
-            f"answers after {BILLING_LATENCY} s",
-        )
-        broker_pid = self.broker.proc.pid if self.broker and self.broker.proc else "external"
-        self.say(f"  pids: broker={broker_pid} worker={self.worker.pid} billing={self.billing.pid}")
-        self.wait_ready()
-
-    def check_alive(self) -> None:
-        if self.worker is not None and self.worker.poll() is not None:
-            raise DemoError(
-                f"the worker exited with code {self.worker.returncode}; "
-                f"last lines of {self.worker_log}:\n{self.worker_tail()}"
-            )
-        if self.billing is not None and self.billing.poll() is not None:
-            raise DemoError(
-                f"the billing simulator exited with code {self.billing.returncode}; "
-                f"see {self.workdir / 'billing.log'}"
-            )
-
-    def wait_ready(self) -> None:
-        t0 = time.monotonic()
-        deadline = t0 + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            self.check_alive()
-            status, _ = http_json(f"{self.url}/ready", timeout=2)
-            if status == 200:
-                self.info("worker", f"ready after {time.monotonic() - t0:.1f} s: {self.url}")
-                return
-            time.sleep(0.25)
-        raise DemoError(
-            f"the worker was not ready after {READY_TIMEOUT:.0f} s; last lines of "
-            f"{self.worker_log}:\n{self.worker_tail()}"
-        )
-
-    def shutdown(self) -> None:
-        """Stop everything we started, by PID, whatever happened before."""
-        ignored = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                ignored[sig] = signal.signal(sig, signal.SIG_IGN)
-        try:
-            if self.worker or self.billing or self.broker:
-                self.say()
-                self.say("Stopping")
-            for name, proc in (("billing", self.billing), ("worker", self.worker)):
-                if proc is not None:
-                    code = stop_process(proc, STOP_TIMEOUT)
-                    self.info(name, f"stopped (pid {proc.pid}, exit code {code})")
-            self.billing = self.worker = None
-            if self.broker is not None:
-                pid = self.broker.proc.pid if self.broker.proc else "?"
-                self.broker.stop()
-                self.broker = None
-                self.info("kafka", f"embedded broker stopped (pid {pid})")
-            shutil.rmtree(self.workdir / "data", ignore_errors=True)
-            self.say(f"  logs kept in {self.workdir}")
-        finally:
-            for sig, handler in ignored.items():
-                signal.signal(sig, handler)
-
-    # --- the story ------------------------------------------------------------------------
-
     async def get_tenant(self, tenant: str) -> tuple[int, Any]:
-        return await asyncio.to_thread(http_json, f"{self.url}/tenants/{tenant}")
+        return await asyncio.to_thread(http_json, f"{self.procs.url}/tenants/{tenant}")
 
     async def wait_for(self, what: str, seconds: float, check: Any, *, quiet: bool = False) -> bool:
         """Poll ``check`` until true (True) or ``seconds`` pass (False); fail if a part died."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            self.check_alive()
+            self.procs.check_alive()
             if self.reader is not None and self.reader.done():
                 self.reader.result()  # raises what broke the reader
                 raise DemoError("the topic reader stopped")
@@ -383,17 +130,21 @@ class Demo:
                 return True
             await asyncio.sleep(0.3)
         if not quiet:
-            self.say(f"  ! gave up waiting for {what} after {seconds:.0f} s")
+            self.out.say(f"  ! gave up waiting for {what} after {seconds:.0f} s")
         return False
 
     async def flow(self) -> int:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import (  # type: ignore[import-untyped]
+            AIOKafkaConsumer,
+            AIOKafkaProducer,
+            TopicPartition,
+        )
 
         loop = asyncio.get_running_loop()
         main = asyncio.current_task()
         assert main is not None
         loop.add_signal_handler(signal.SIGTERM, main.cancel)
-        t = self.topics
+        t = self.procs.topics
         watched = [
             t.charges,
             t.recharge_commands,
@@ -402,11 +153,11 @@ class Demo:
             t.rejected,
         ]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            bootstrap_servers=self.procs.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=self.procs.bootstrap, acks="all", linger_ms=5)
         await consumer.start()
         await producer.start()
         try:
@@ -451,8 +202,8 @@ class Demo:
             status, body = await self.get_tenant("contoso")
             if status != 200 or body.get("outstanding_command") is not None:
                 return False
-            status, text = await asyncio.to_thread(http_json, f"{self.url}/metrics")
-            return status == 200 and metric_sum(str(text), "rating_cdrs_duplicate_total") >= 1
+            status, text = await asyncio.to_thread(http_json, f"{self.procs.url}/metrics")
+            return status == 200 and metric_value(str(text), "rating_cdrs_duplicate_total") >= 1
 
         await self.wait_for(
             "every CDR to be charged and recharges to settle", SETTLE_TIMEOUT, settled
@@ -474,9 +225,9 @@ class Demo:
         return 0
 
     async def create_tenants(self) -> None:
-        t = self.topics
-        self.say()
-        self.say(f"Tenants (admin portal -> {t.tenant_settings})")
+        t = self.procs.topics
+        self.out.say()
+        self.out.say(f"Tenants (admin portal -> {t.tenant_settings})")
         for final in TENANTS:
             # Auto-recharge goes on once there are funds (see add_funds): a tenant starts at
             # 0, below any trigger, and would otherwise recharge the moment it is created.
@@ -486,7 +237,7 @@ class Demo:
                 if s.low_balance_alert is not None
                 else ""
             )
-            self.line("tenant", s.tenant_id, f"{s.currency}, auto-recharge off{alert}")
+            self.out.line("tenant", s.tenant_id, f"{s.currency}, auto-recharge off{alert}")
             await self.send(t.tenant_settings, s.tenant_id, s.model_dump_json().encode())
 
         async def tenants_exist() -> bool:
@@ -498,7 +249,7 @@ class Demo:
 
         if not await self.wait_for("the tenants", 30, tenants_exist):
             raise DemoError("the worker never created the tenants")
-        self.say("  the worker knows both tenants; a new tenant starts with balance 0")
+        self.out.say("  the worker knows both tenants; a new tenant starts with balance 0")
 
         async def created() -> bool:
             return self.tally.balance_events["exhausted"] >= len(TENANTS)
@@ -507,9 +258,9 @@ class Demo:
         await self.wait_for("the creation events", 5, created, quiet=True)
 
     async def add_funds(self) -> None:
-        t = self.topics
-        self.say()
-        self.say(f"Funds (an admin adds credits -> {t.funds})")
+        t = self.procs.topics
+        self.out.say()
+        self.out.say(f"Funds (an admin adds credits -> {t.funds})")
         for s in TENANTS:
             event = FundsEvent(
                 event_id=f"demo-manual-{s.tenant_id}-{uuid.uuid4().hex[:8]}",
@@ -542,7 +293,7 @@ class Demo:
             ar = s.auto_recharge
             if not ar.enabled:
                 continue
-            self.line(
+            self.out.line(
                 "tenant",
                 s.tenant_id,
                 f"turns auto-recharge on: {money(ar.recharge_amount)} {s.currency} "
@@ -558,7 +309,7 @@ class Demo:
             return True
 
         await self.wait_for("auto-recharge to be on", 30, enabled)
-        self.say(
+        self.out.say(
             "  balances now: "
             + ", ".join(
                 f"{s.tenant_id} {money(balances.get(s.tenant_id, Decimal(0)))} {s.currency}"
@@ -568,7 +319,7 @@ class Demo:
 
     async def make_calls(self) -> set[str]:
         """The platform's CDRs, paced like calls ending, plus a malformed line and a duplicate."""
-        t = self.topics
+        t = self.procs.topics
         cdrs = generate_cdrs(
             TRAFFIC_PATTERN,
             self.n,
@@ -576,9 +327,9 @@ class Demo:
         )
         per_tenant = Counter(c["tenant_id"] for c in cdrs)
         interval = min(0.25, PUBLISH_SECONDS / max(1, self.n))
-        self.say()
-        self.say(f"Calls (platform -> {t.cdr_audio}, {t.cdr_tollfree})")
-        self.say(
+        self.out.say()
+        self.out.say(f"Calls (platform -> {t.cdr_audio}, {t.cdr_tollfree})")
+        self.out.say(
             f"  {self.n} CDRs ({', '.join(f'{n} {k}' for k, n in per_tenant.items())}) "
             f"over ~{self.n * interval:.0f} s, plus one malformed line and one duplicate"
         )
@@ -589,12 +340,12 @@ class Demo:
             key, value = encode(cdr)
             await self.send(topic_for(cdr["product"], t), key.decode(), value)
             if i + 1 == bad_at:
-                self.line("platform", "contoso", f"sends a cut-off JSON line to {t.cdr_audio}")
+                self.out.line("platform", "contoso", f"sends a cut-off JSON line to {t.cdr_audio}")
                 await self.send(t.cdr_audio, "contoso", b'{"cdr_id": "cut-off-')
             if i + 1 == dup_at:
                 first = cdrs[0]
                 self.duplicate_id = first["cdr_id"]
-                self.line(
+                self.out.line(
                     "platform",
                     first["tenant_id"],
                     f"sends {first['cdr_id'][:12]}... again (a duplicate: charge it once)",
@@ -602,7 +353,7 @@ class Demo:
                 k, v = encode(first)
                 await self.send(topic_for(first["product"], t), k.decode(), v)
             await asyncio.sleep(interval)
-        self.say(f"  (all {self.n} CDRs published in {time.monotonic() - published:.1f} s)")
+        self.out.say(f"  (all {self.n} CDRs published in {time.monotonic() - published:.1f} s)")
         return {c["cdr_id"] for c in cdrs}
 
     async def print_result(self, missing: int) -> bool:
@@ -622,9 +373,9 @@ class Demo:
 
         ok = await self.wait_for("the balances", 10, balanced, quiet=True)
         tally = self.tally
-        self.say()
-        self.say(f"Result after {time.monotonic() - self.started:.1f} s")
-        self.say(
+        self.out.say()
+        self.out.say(f"Result after {time.monotonic() - self.started:.1f} s")
+        self.out.say(
             f"  {'tenant':<9} {'cur':<4} {'calls':>5} {'funds':>9} {'recharges':>10} "
             f"{'charged':>10} {'balance':>10} {'expected':>10}"
         )
@@ -632,67 +383,70 @@ class Demo:
             tid = s.tenant_id
             doc = docs[tid]
             balance = doc["balance"] if isinstance(doc, dict) else "?"
-            self.say(
+            self.out.say(
                 f"  {tid:<9} {s.currency:<4} {tally.calls[tid]:>5} "
                 f"{money(tally.funds[tid]):>9} {money(tally.recharges[tid]):>10} "
                 f"{money(tally.charged[tid]):>10} {balance:>10} {money(expected[tid]):>10}"
             )
         verdict = "OK" if ok else "MISMATCH"
-        self.say(f"  balance = funds + recharges - charges: {verdict}")
+        self.out.say(f"  balance = funds + recharges - charges: {verdict}")
         rejected = ", ".join(f"{n} {r}" for r, n in tally.rejected.items()) or "none"
         paid = sum(1 for i in tally.funds_ids if i.endswith(":succeeded"))
-        self.say(
+        self.out.say(
             f"  {len(tally.charged_ids)} of {self.n} CDRs charged; rejected: {rejected}; "
             f"recharge requests: {len(tally.commands)}, {tally.declined} declined, {paid} paid"
         )
         if self.duplicate_id is not None:
             times = tally.charge_messages[self.duplicate_id]
-            self.say(
+            self.out.say(
                 f"  the duplicate {self.duplicate_id[:12]}... was sent twice, "
                 f"charged {'once' if times == 1 else f'{times} times'}"
             )
         if missing:
-            self.say(f"  ! not everything settled in time: {missing} CDRs not charged")
+            self.out.say(f"  ! not everything settled in time: {missing} CDRs not charged")
         return ok
 
     async def print_metrics(self) -> None:
-        status, text = await asyncio.to_thread(http_json, f"{self.url}/metrics")
-        self.say()
-        self.say(f"Metrics: {self.url}/metrics")
+        status, text = await asyncio.to_thread(http_json, f"{self.procs.url}/metrics")
+        self.out.say()
+        self.out.say(f"Metrics: {self.procs.url}/metrics")
         if status != 200:
-            self.say("  (the worker did not answer)")
+            self.out.say("  (the worker did not answer)")
             return
-        for name, label in (
-            ("rating_cdrs_charged_total", ""),
-            ("rating_cdrs_rejected_total", ""),
-            ("rating_cdrs_duplicate_total", ""),
-            ("rating_recharge_commands_total", 'outcome="issued"'),
-            ("rating_recharge_commands_total", 'outcome="failed"'),
-        ):
-            value = metric_sum(str(text), name, label)
+        shown_metrics: tuple[tuple[str, dict[str, str]], ...] = (
+            ("rating_cdrs_charged_total", {}),
+            ("rating_cdrs_rejected_total", {}),
+            ("rating_cdrs_duplicate_total", {}),
+            ("rating_recharge_commands_total", {"outcome": "issued"}),
+            ("rating_recharge_commands_total", {"outcome": "failed"}),
+        )
+        for name, labels in shown_metrics:
+            value = metric_value(str(text), name, **labels)
+            label = ",".join(f'{k}="{v}"' for k, v in labels.items())
             shown = f"{name}{{{label}}}" if label else name
-            self.say(f"  {shown} {value:g}")
+            self.out.say(f"  {shown} {value:g}")
 
     async def linger(self) -> None:
-        self.say()
-        self.say("Everything keeps running; press Ctrl-C to stop. Meanwhile, try:")
-        if self.external:
-            self.say(f"  topics of this run: {self.topics.cdr_audio}, {self.topics.charges}, ...")
+        self.out.say()
+        self.out.say("Everything keeps running; press Ctrl-C to stop. Meanwhile, try:")
+        if self.procs.external:
+            t = self.procs.topics
+            self.out.say(f"  topics of this run: {t.cdr_audio}, {t.charges}, ...")
         else:
-            boot = f"RATING_KAFKA_BOOTSTRAP={self.bootstrap}"
-            self.say(f"  {boot} rating tenants show contoso --url {self.url}")
-            self.say(f"  {boot} rating funds add fabrikam 5.00 --currency EUR")
-            self.say(f"  {boot} rating platform-sim --cdrs 20")
-        self.say(f"  curl -s {self.url}/metrics | grep ^rating_cdrs")
+            boot = f"RATING_KAFKA_BOOTSTRAP={self.procs.bootstrap}"
+            self.out.say(f"  {boot} rating tenants show contoso --url {self.procs.url}")
+            self.out.say(f"  {boot} rating funds add fabrikam 5.00 --currency EUR")
+            self.out.say(f"  {boot} rating platform-sim --cdrs 20")
+        self.out.say(f"  curl -s {self.procs.url}/metrics | grep ^rating_cdrs")
         while True:
-            self.check_alive()
+            self.procs.check_alive()
             await asyncio.sleep(1)
 
     # --- reading the output topics --------------------------------------------------------
 
     @property
     def topic_order(self) -> dict[str, int]:
-        t = self.topics
+        t = self.procs.topics
         return {
             t.funds: 0,
             t.charges: 1,
@@ -729,7 +483,7 @@ class Demo:
         The worker publishes in batches, so a batch's charges and alerts share a timestamp;
         an effect carries the balance the charge left, which finds its cause.
         """
-        t = self.topics
+        t = self.procs.topics
         decoded: list[tuple[str, dict[str, Any]]] = []
         for m in msgs:
             with contextlib.suppress(ValueError):
@@ -756,7 +510,7 @@ class Demo:
         return out
 
     def on_message(self, topic: str, b: dict[str, Any]) -> None:
-        t, tally = self.topics, self.tally
+        t, tally = self.procs.topics, self.tally
         tenant = str(b.get("tenant_id", ""))
         if topic == t.charges:
             tally.charge_messages[b["cdr_id"]] += 1
@@ -768,21 +522,21 @@ class Demo:
             tally.calls[tenant] += 1
             if self.verbose_charges:
                 label = PRODUCT_LABEL.get(b["product"], b["product"])
-                self.line(
+                self.out.line(
                     "charge",
                     tenant,
                     f"{label:<10} {b['zone'][:18]:<18} {minutes(b['duration_seconds']):>9} "
                     f"{b['amount']:>8} {b['currency']}  balance {b.get('balance_after')}",
                 )
             elif len(tally.charged_ids) % max(1, self.n // 10) == 0:
-                self.info("charges", f"{len(tally.charged_ids)} of {self.n} charged")
+                self.out.info("charges", f"{len(tally.charged_ids)} of {self.n} charged")
         elif topic == t.recharge_commands:
             key = (b["command_id"], int(b.get("attempt", 1)))
             if key in tally.commands:
                 return
             tally.commands.add(key)
             again = f", attempt {key[1]}" if key[1] > 1 else ""
-            self.line(
+            self.out.line(
                 "RECHARGE",
                 tenant,
                 f"balance {b['balance']} < {b['trigger_balance']}: asks billing for "
@@ -800,14 +554,14 @@ class Demo:
                 "restored": f"credits restored: balance {b['balance']} (calls unblocked)",
                 "recharge_failing": f"recharges keep failing: balance {b['balance']}",
             }.get(kind, f"{kind}: balance {b['balance']}")
-            self.line("ALERT", tenant, text)
+            self.out.line("ALERT", tenant, text)
         elif topic == t.rejected:
             reason = b.get("reason", "?")
             tally.rejected[reason] += 1
             detail = str(b.get("detail", ""))
             if len(detail) > 70:
                 detail = detail[:67] + "..."
-            self.line("REJECTED", str(b.get("key") or ""), f"{reason}: {detail}")
+            self.out.line("REJECTED", str(b.get("key") or ""), f"{reason}: {detail}")
 
     def on_funds(self, tenant: str, b: dict[str, Any]) -> None:
         tally = self.tally
@@ -817,52 +571,10 @@ class Demo:
         kind, amount = b["kind"], Decimal(b["amount"])
         if kind == "recharge_succeeded":
             tally.recharges[tenant] += amount
-            self.line("billing", tenant, f"recharge paid: +{b['amount']} {b['currency']}")
+            self.out.line("billing", tenant, f"recharge paid: +{b['amount']} {b['currency']}")
         elif kind == "recharge_failed":
             tally.declined += 1
-            self.line("billing", tenant, f"recharge declined ({b.get('reason')}); retry soon")
+            self.out.line("billing", tenant, f"recharge declined ({b.get('reason')}); retry soon")
         else:
             tally.funds[tenant] += amount
-            self.line("funds", tenant, f"+{b['amount']} {b['currency']} ({kind})")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """SIGTERM the process group, wait, then SIGKILL; always reap."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-    return proc.returncode
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def run_demo(cdrs: int, keep_running: bool) -> int:
-    if cdrs < 1:
-        print("rating demo: --cdrs must be at least 1", file=sys.stderr)
-        return 2
-    import logging
-
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    demo = Demo(cdrs, keep_running)
-    try:
-        demo.start()
-        return asyncio.run(demo.flow())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        demo.say()
-        demo.say("interrupted")
-        return 130
-    except DemoError as exc:
-        print(f"rating demo: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        demo.shutdown()
-        signal.signal(signal.SIGTERM, previous)
+            self.out.line("funds", tenant, f"+{b['amount']} {b['currency']} ({kind})")
