@@ -26,8 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-import asyncio  # noqa: E402
-
 from tests.integration.harness import (  # noqa: E402
     Env,
     Worker,
@@ -39,7 +37,7 @@ from tests.integration.harness import (  # noqa: E402
     wait_until,
 )
 
-from bench_pipeline import cdr_lines, publish  # noqa: E402
+from bench_pipeline import cdr_records, publish  # noqa: E402
 from rating.broker import EmbeddedBroker  # noqa: E402
 
 
@@ -106,7 +104,7 @@ def main() -> None:
     ap.add_argument("--store", default="rocksdict://")
     args = ap.parse_args()
     tenants = [f"bench-{i}" for i in range(args.tenants)]
-    records = cdr_lines(args.large, tenants)
+    records = cdr_records(args.large, tenants)
     points: list[Point] = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         env = Env(broker.bootstrap)
@@ -124,7 +122,7 @@ def main() -> None:
             )
             done = 0
             for target in (args.small, args.large):
-                asyncio.run(publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target]))
+                publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target])
                 # The counter restarts with the worker: count what this process charged.
                 base = charged(worker)
                 wait_until(
