@@ -14,12 +14,12 @@ from typing import Any
 import aiokafka
 import faust
 import pytest
-from mode import Service
 from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.record.memory_records import MemoryRecords
 from faust.transport import by_url
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode import Service
 
 from rating.settings import Settings
 from rating.streaming import transport
@@ -255,7 +255,7 @@ def test_a_partition_never_committed_starts_where_the_reset_policy_starts_it(
         await consumer.seek_to_committed()
         _ack(consumer, range(3, 10))
         assert consumer._new_offset(TP_A) is None  # Faust alone would commit 10 over 0..2
-        _ack(consumer, range(0, 3))
+        _ack(consumer, range(3))
         assert consumer._new_offset(TP_A) == 10
 
     asyncio.run(scenario())
@@ -264,7 +264,7 @@ def test_a_partition_never_committed_starts_where_the_reset_policy_starts_it(
 def test_no_commit_before_the_partition_start_is_known() -> None:
     async def scenario() -> None:
         consumer = _consumer()
-        _ack(consumer, range(0, 5))
+        _ack(consumer, range(5))
         assert consumer._new_offset(TP_A) is None
 
     asyncio.run(scenario())
