@@ -284,7 +284,8 @@ class Pipeline:
         m = self.metrics
         if result.outcome == "duplicate":
             m.cdrs_duplicate.labels(result.product or "unknown").inc()
-        elif result.outcome in ("replayed", "repaired"):
+        elif result.outcome == "repaired" or (result.outcome == "replayed" and result.outputs):
+            # A replay whose outbox entry is gone publishes nothing: its outputs were acked.
             m.charges_replayed.inc()
         elif result.outcome == "settings":
             m.settings_applied.inc()
