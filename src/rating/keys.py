@@ -12,7 +12,10 @@ Kinds (the letter is the first component):
 - ``a/{tenant}``               the account
 - ``c/{tenant}/{cdr_id}``      a charge marker
 - ``f/{tenant}/{event_id}``    a funds marker
-- ``s/{tenant}``               the outputs of the latest settings message
+- ``s/{tenant}``               legacy (state version 2): the outputs of the latest settings
+  message; read only to republish a replayed settings record, deleted by the next settings
+- ``o/{tenant}/{offset}``      the outbox: a ledger record's outputs for that tenant, kept until
+  they are published (ledger.py)
 - ``h/{tenant}/{offset}``      a message held until the tenant's first settings arrive
 - ``u/{tenant}/{day}/{product}``  usage totals of one UTC day and product (rating.usage)
 - ``r/{tenant}[/{kind}/{slot}]``  recent activity: a ring of the last charges and funds
@@ -39,6 +42,7 @@ class KeyKind(StrEnum):
     HELD = "h"
     USAGE = "u"
     RECENT = "r"
+    OUTBOX = "o"
 
 
 def escape(part: str) -> str:
@@ -79,6 +83,10 @@ def settings_key(tenant: str) -> str:
 
 def held_key(tenant: str, offset: str) -> str:
     return make_key(KeyKind.HELD, tenant, offset)
+
+
+def outbox_key(tenant: str, offset: int) -> str:
+    return make_key(KeyKind.OUTBOX, tenant, str(offset))
 
 
 def usage_key(tenant: str, day: str, product: str) -> str:

@@ -9,9 +9,11 @@ keeps their order (encoding: :mod:`rating.keys`: each id is escaped, ``%`` -> ``
 ``/`` -> ``%2F``, then joined with ``/``, so any two distinct ids give distinct keys):
 
 - ``a/{tenant}``             the account, plus ``lo``: the ledger offset that last changed it
-- ``c/{tenant}/{cdr_id}``    a charge marker: ledger offset, source, amount, expiry, outputs
-- ``f/{tenant}/{event_id}``  a funds marker (same shape, no amount)
-- ``s/{tenant}``             the outputs of the latest settings message (for replays)
+- ``c/{tenant}/{cdr_id}``    a charge marker (:class:`Marker`): ``lo`` (the ledger offset that
+  charged it), ``amt``, ``exp``; ~45 bytes, no outputs
+- ``f/{tenant}/{event_id}``  a funds marker: ``lo`` only
+- ``o/{tenant}/{offset}``    the outbox: the outputs of the ledger record at ``offset`` for that
+  tenant, kept only until they are published
 - ``h/{tenant}/{offset}``    a CDR or funds event held until the tenant's first settings
 - ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product, recent activity
   (:mod:`rating.usage`): written after the markers and before the account, each row once per
@@ -20,39 +22,71 @@ keeps their order (encoding: :mod:`rating.keys`: each id is escaped, ``%`` -> ``
 
 Exactly once in effect, without Kafka transactions:
 
-1. Every state change writes its marker first and the account second. A crash keeps a
-   prefix of the changelog, so after recovery either both are there, or only the marker
-   (account ``lo`` < marker ``lo``: the debit is re-applied from the marker's amount), or
-   neither (the message is simply processed again).
+1. Every state change writes its outbox entry and markers first and the account second. A
+   crash keeps a prefix of the changelog, so after recovery either all are there, or the
+   account is missing (account ``lo`` < the record's offset), or nothing is.
 2. Faust commits an input offset only after flushing the changelog, so a message whose
-   effects were lost is always redelivered.
+   effects were lost is always redelivered, and before any later message of its partition.
    A local RocksDB store (``rocksdict://``) is written only after its changelog records are
    acked, together with the changelog offset it reaches (``streaming/rocks.py``), so a
    restart from the data dir also starts from a prefix of the changelog, never ahead of it.
-3. A redelivered message whose offset is <= the account's ``lo`` changes nothing; its stored
-   outputs are published again (same content: consumers dedupe Charges by ``cdr_id``).
-4. The same CDR published twice has a different source: the marker says it was charged, so
-   it is dropped and counted as a duplicate.
-5. Charge markers live until ``call_start + horizon + grace``; a CDR older than
+3. A marker counts only once the account has caught up with it (marker ``lo`` <= account
+   ``lo``): then the charge is in the balance. A marker *ahead* of the account is the
+   write-ahead of a record whose account write was lost; that record's batch never became
+   durable, so none of its outputs was published. It is ignored: the record is redelivered
+   (2) and charged afresh against the same pre-state with the same ``now`` (6), which writes
+   the same marker, Charge and effects again. (Usage rows that landed are not counted twice:
+   their ``lo`` says so.) Nothing stored is needed to repair, and a record that no longer
+   charges on its second attempt deletes its own stale marker.
+4. A redelivered message whose offset is <= the account's ``lo`` changes nothing. If it is
+   the record a marker names (marker ``lo`` = its offset: one ledger offset is one record) it
+   is a replay: its outputs are published again from its outbox entry, or not at all if the
+   entry is gone, because the entry is deleted only after the broker acked those outputs.
+5. The same CDR published again has another ledger offset: the marker says it was charged
+   at a different offset, so it is dropped and counted as a duplicate.
+6. ``now`` is the ledger record's timestamp, so reprocessing a record computes the same
+   Charge, to the byte, whether or not its first result survived. (If the rate cards were
+   reloaded between the two attempts, the second attempt's result stands: nothing of the
+   first was published; usage rows the first attempt wrote keep its figures.)
+7. Charge markers live until ``call_start + horizon + grace``; a CDR older than
    ``call_start + horizon`` is rejected as ``stale``, so a duplicate can never outlive its
    marker. Funds markers never expire (funds are few and have no time to judge them by).
-6. ``now`` is the ledger record's timestamp, so reprocessing a record computes the same
-   Charge, to the byte, whether or not its first result survived.
-7. One record's writes are collected first (:class:`_Writes`) and then written in that
-   order: markers (and held-message changes), then the account, then deletions. So a
-   record that applies several messages at once (below) still lands as a prefix.
+8. One record's writes are collected first (:class:`_Writes`) and then written in that
+   order: the outbox entry, markers (and held-message changes), usage, the account, then
+   deletions. So a record that applies several messages at once (below) still lands as a
+   prefix.
+
+The outbox and publication. The adapter applies a batch, waits until its changelog records
+are acked (``store.durable``), publishes the batch's outputs and waits for the broker's acks,
+then calls :meth:`Ledger.published`, which deletes the batch's outbox entries (tombstones on
+the changelog, flushed before the batch's input offsets are acked and committed). A crash
+between durable and publish, or between publish and the deletes, redelivers the batch (2):
+each fully applied record republishes its entry (4), same bytes; a crash after the deletes
+but before the commit redelivers records whose outputs were acked already, and they publish
+nothing. So outputs are stored only for the life of a batch, never for the life of a marker.
+Nothing is republished on partition assignment: no outbox entry outlives its record's
+commit (the commit follows the deletes), so every leftover entry belongs to a record
+that is redelivered, and that record republishes it. Entries are per record and tenant, not
+grouped per batch: one tombstone per entry is a few dozen bytes, and a per-record key never
+needs rewriting as a batch grows.
 
 Messages that arrive before their tenant (funds or CDRs before the first settings: they
 come on other topics, so the ledger's order is not billing's) are *held* under
 ``h/{tenant}/{offset}``: durable state like any other, idempotent by ledger offset. The
 tenant's creating settings record applies them in arrival order, all at its own offset:
 their markers are written before the new account and carry that offset, so a crash in
-between re-applies the ones whose account write was lost (the usual marker repair), and a
-replay of the settings record republishes every output it produced. A held message whose
-tenant gets no settings within ``hold.seconds`` is rejected as ``unknown_tenant`` by the
-partition's clock tick; its key then keeps the rejection (so a replayed tick republishes
-it) until it expires. Held messages are bounded per tenant and per partition; past a bound
-a message is rejected at once.
+between re-applies them all (3), and the settings record's outbox entry holds every output
+it produced. A held message whose tenant gets no settings within ``hold.seconds`` is
+rejected as ``unknown_tenant`` by the partition's clock tick: the rejection goes to the
+tick's outbox entry and the held key is deleted. Held messages are bounded per tenant and
+per partition; past a bound a message is rejected at once.
+
+State version 3 (``rating.domain.account.STATE_VERSION``). Version 2 stored the outputs in
+every marker (``out``), in ``s/{tenant}`` and in rejected held keys (``rej``). A version-3
+worker reads version-2 state: markers are read for ``lo`` (and ``amt``/``exp``) like its
+own, and a replayed record with no outbox entry republishes the outputs its version-2 marker
+(or ``s/`` key, or held key) stored, so a version-2 worker killed before publishing loses
+nothing. Version-2 workers refuse version-3 accounts: do not run both versions at once.
 """
 
 from __future__ import annotations
@@ -97,7 +131,9 @@ from rating.keys import (
     funds_key,
     held_key,
     is_kind,
+    outbox_key,
     settings_key,
+    split_key,
     tenant_of,
 )
 from rating.usage import record_activity
@@ -113,8 +149,6 @@ _CODE_ROLES: dict[str, Role] = {v: k for k, v in _ROLE_CODES.items()}
 EXPIRY_GRACE = timedelta(hours=1)
 #: Bound the tombstones one tick writes so a tick never stalls the partition.
 MAX_EXPIRE_PER_TICK = 5000
-#: A held message rejected by a tick keeps its rejection this long, for a replayed tick.
-HELD_REJECTION_TTL = timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +188,38 @@ class Result:
         return [self, *self.parts]
 
 
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A charge or funds marker: only what dedup needs (see the module docstring, 3-5).
+
+    ``lo``: the ledger offset that applied it; ``amt`` and ``exp`` (epoch seconds): charge
+    markers only. ``legacy``: the packed outputs a state-version-2 marker stored, read to
+    republish a replay of a record that version 2 applied; never written."""
+
+    lo: int
+    amt: Decimal | None = None
+    exp: int | None = None
+    legacy: list[list[str | None]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"lo": self.lo}
+        if self.amt is not None:
+            d["amt"] = format_money(self.amt)
+        if self.exp is not None:
+            d["exp"] = self.exp
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Marker:
+        amt, exp = d.get("amt"), d.get("exp")
+        return cls(
+            lo=int(d["lo"]),
+            amt=None if amt is None else Decimal(str(amt)),
+            exp=None if exp is None else int(exp),
+            legacy=d.get("out"),
+        )
+
+
 def _epoch(t: datetime) -> int:
     return int(t.timestamp())
 
@@ -191,6 +257,7 @@ class _Writes:
     tenant: str
     account: Account | None
     lo: int  # the stored account's ``lo`` before this record (-1: no account)
+    outbox: list[Output] = field(default_factory=list)  # outputs to keep until published
     marks: dict[str, dict[str, Any]] = field(default_factory=dict)
     save_lo: int | None = None  # set when the account changed: the ``lo`` to store
     deletes: list[str] = field(default_factory=list)
@@ -241,8 +308,11 @@ class Ledger:
         self._expiry: dict[int, list[tuple[int, str]]] = {}
         # partition -> tenant -> [(ledger offset, key, deadline epoch)] of held messages.
         self._held: dict[int, dict[str, list[tuple[int, str, int]]]] = {}
-        # partition -> tick offset -> held keys that tick rejected (republished on replay).
-        self._held_rejected: dict[int, dict[int, list[str]]] = {}
+        # partition -> ledger offset -> outbox keys in the store (deleted by ``published``).
+        self._outbox: dict[int, dict[int, set[str]]] = {}
+        # partition -> tick offset -> held keys a version-2 tick rejected (state version 2
+        # kept the rejection in the held key; a replayed tick republishes it).
+        self._legacy_rejected: dict[int, dict[int, list[str]]] = {}
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -268,6 +338,10 @@ class Ledger:
         return w.marks[key] if key in w.marks else self.store.get(key)
 
     def _commit(self, w: _Writes) -> None:
+        if w.outbox:
+            okey = outbox_key(w.tenant, w.offset)
+            self.store[okey] = {"out": _pack(w.tenant, w.outbox)}
+            self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
         for key, value in w.marks.items():
             self._mark(w.partition, key, value)
         if w.charges or w.funds:
@@ -281,6 +355,22 @@ class Ledger:
                 del self.store[key]
         if w.deletes:
             self._unhold(w.partition, w.tenant, set(w.deletes))
+
+    def published(self, partition: int, upto: int) -> None:
+        """The outputs of ``partition``'s records up to ledger offset ``upto`` are acked by
+        the broker: delete their outbox entries (module docstring, "The outbox"). Entries of
+        later offsets stay: their records are still to be redelivered and republish them."""
+        pending = self._outbox.get(partition)
+        if not pending:
+            return
+        for offset in sorted(o for o in pending if o <= upto):
+            for key in sorted(pending.pop(offset)):
+                if key in self.store:
+                    del self.store[key]
+
+    def outbox_size(self, partition: int) -> int:
+        """Outbox entries of ``partition`` not yet deleted (for tests and diagnostics)."""
+        return sum(len(keys) for keys in self._outbox.get(partition, {}).values())
 
     def _track(self, partition: int, account: Account) -> None:
         below = account.auto_recharge_enabled and account.balance < account.trigger_balance
@@ -327,6 +417,8 @@ class Ledger:
             result = self._cdr(w, env, model)
         else:
             result = self._funds(w, env, model)
+        if w.save_lo is not None and result.outputs:
+            w.outbox = list(result.outputs)  # every output of this record, held parts' too
         self._commit(w)
         return result
 
@@ -348,11 +440,22 @@ class Ledger:
         except ValidationError as exc:  # ingest validated it; only a version skew gets here
             return self._reject(env, RejectReason.SCHEMA, summarize_validation_error(exc), now)
 
-    def _replayed(
-        self, marker: dict[str, Any], env: Envelope, tenant: str, duplicate_outcome: str
-    ) -> Result:
-        if marker.get("src") == env.source.ref:
-            return Result(outcome="replayed", outputs=_unpack(tenant, marker["out"]))
+    def _replayed(self, w: _Writes, legacy: list[list[str | None]] | None) -> Result:
+        """This very record again, fully applied (its offset <= the account's ``lo``): its
+        outputs from its outbox entry; none if the entry is gone (published and acked).
+        ``legacy``: what a version-2 marker stored, for state written before the outbox."""
+        okey = outbox_key(w.tenant, w.offset)
+        entry = self.store.get(okey)
+        if entry is not None:
+            # Deleted with this batch's entries once published (the index may predate it).
+            self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
+            return Result(outcome="replayed", outputs=_unpack(w.tenant, entry["out"]))
+        return Result(outcome="replayed", outputs=_unpack(w.tenant, legacy or []))
+
+    def _seen(self, w: _Writes, mkey: str, marker: Marker, duplicate_outcome: str) -> Result:
+        """A marker the account has caught up with: a replay of its record, or a duplicate."""
+        if marker.lo == w.offset and mkey not in w.applied:
+            return self._replayed(w, marker.legacy)
         return Result(outcome=duplicate_outcome)
 
     # --- holding messages of tenants without settings -------------------------------------
@@ -415,23 +518,18 @@ class Ledger:
         tenant, account, lo, now = w.tenant, w.account, w.lo, w.now
         assert account is not None  # held otherwise
         mkey = charge_key(tenant, cdr.cdr_id)
-        marker = self._get(w, mkey)
-        if marker is not None:
-            if lo < marker["lo"] and mkey not in w.applied:
-                # The marker reached the changelog but the account did not: finish the debit.
-                account, effects = apply_charge(account, Decimal(marker["amt"]), now, self.policy)
-                w.set_account(account, marker["lo"])
-                w.applied.add(mkey)
-                for out in _unpack(tenant, marker["out"]):
-                    if out.role == "charges":
-                        w.add_activity(marker["lo"], charge=Charge.model_validate_json(out.value))
-                return Result(
-                    outcome="repaired", outputs=_unpack(tenant, marker["out"]), effects=[effects]
-                )
-            result = self._replayed(marker, env, tenant, "duplicate")
+        raw = self._get(w, mkey)
+        marker = None if raw is None else Marker.from_dict(raw)
+        if marker is not None and (marker.lo <= lo or mkey in w.applied):
+            result = self._seen(w, mkey, marker, "duplicate")
             result.product = cdr.product.value
             return result
+        # No marker, or one ahead of the account (docstring, 3): charge it afresh. If this is
+        # the marker's own record and it no longer charges, its stale marker goes.
+        own = marker is not None and marker.lo == w.offset
         if cdr.call_start + self.horizon < now:
+            if own:
+                w.deletes.append(mkey)
             return self._reject(
                 env,
                 RejectReason.STALE,
@@ -444,8 +542,10 @@ class Ledger:
         )
         if isinstance(rated, RatingError):
             # Re-emitted on a replay too: a rejection is published at least once.
+            if own:
+                w.deletes.append(mkey)
             return self._reject(env, rated.reason, rated.detail, now)
-        if w.offset <= lo:
+        if marker is None and w.offset <= lo:
             # Applied by an earlier delivery whose marker has since expired.
             return Result(outcome="duplicate", product=cdr.product.value)
         account, effects = apply_charge(account, rated.amount, now, self.policy)
@@ -454,44 +554,46 @@ class Ledger:
         outputs = [Output("charges", tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)
-        w.marks[mkey] = {
-            "lo": w.offset,
-            "src": env.source.ref,
-            "exp": expires,
-            "amt": format_money(rated.amount),
-            "out": _pack(tenant, outputs),
-        }
+        w.marks[mkey] = Marker(w.offset, rated.amount, expires).to_dict()
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, charge=charge)
         call_end = cdr.call_start + timedelta(seconds=cdr.duration_seconds)
+        # "repaired": this record's first attempt landed its marker but not the account.
         return Result(
-            outcome="charged", outputs=outputs, charge=charge, call_end=call_end, effects=[effects]
+            outcome="repaired" if own else "charged",
+            outputs=outputs,
+            charge=charge,
+            call_end=call_end,
+            effects=[effects],
         )
 
     def _funds(self, w: _Writes, env: Envelope, event: FundsEvent) -> Result:
         tenant, account, lo = w.tenant, w.account, w.lo
         assert account is not None  # held otherwise
         mkey = funds_key(tenant, event.event_id)
-        marker = self._get(w, mkey)
-        if marker is not None and (lo >= marker["lo"] or mkey in w.applied):
-            result = self._replayed(marker, env, tenant, "funds_duplicate")
+        raw = self._get(w, mkey)
+        marker = None if raw is None else Marker.from_dict(raw)
+        if marker is not None and (marker.lo <= lo or mkey in w.applied):
+            result = self._seen(w, mkey, marker, "funds_duplicate")
             result.funds = event
             return result
+        # No marker, or one ahead of the account: apply afresh (as for CDRs).
         applied = apply_funds(account, event, w.now, self.policy)
         if isinstance(applied, Refusal):
+            if marker is not None and marker.lo == w.offset:
+                w.deletes.append(mkey)
             return self._reject(env, RejectReason(applied.reason), applied.detail, w.now)
         if marker is None and w.offset <= lo:
             return Result(outcome="funds_duplicate", funds=event)
         account, effects = applied
         outputs = _effects_outputs(tenant, effects)
-        at = marker["lo"] if marker is not None else w.offset
         # Funds markers never expire: a funds event has no time of its own to call it stale
         # by, re-reading billing.funds must never credit twice, and funds are few.
-        w.marks[mkey] = {"lo": at, "src": env.source.ref, "out": _pack(tenant, outputs)}
+        w.marks[mkey] = Marker(w.offset).to_dict()
         w.applied.add(mkey)
-        w.set_account(account, at)
-        w.add_activity(at, funds=event)
+        w.set_account(account, w.offset)
+        w.add_activity(w.offset, funds=event)
         return Result(outcome="funds", outputs=outputs, effects=[effects], funds=event)
 
     def _settings(self, w: _Writes, env: Envelope, settings: TenantSettings) -> Result:
@@ -499,14 +601,17 @@ class Ledger:
         applied = open_or_update(w.account, settings, w.now, self.policy)
         if isinstance(applied, Refusal):
             return self._reject(env, RejectReason(applied.reason), applied.detail, w.now)
-        skey = settings_key(tenant)
+        skey = settings_key(tenant)  # state version 2 kept the latest outputs there
         if w.offset <= w.lo:
             # Held messages of an existing tenant were applied when it was created.
             w.deletes += [e[1] for e in self._held.get(w.partition, {}).get(tenant, [])]
-            marker = self.store.get(skey)
-            if marker is not None and marker.get("src") == env.source.ref:
-                return Result(outcome="replayed", outputs=_unpack(tenant, marker["out"]))
-            return Result(outcome="ignored")
+            legacy = self.store.get(skey)
+            replay = self._replayed(
+                w, legacy["out"] if legacy is not None and legacy.get("lo") == w.offset else None
+            )
+            return replay if replay.outputs else Result(outcome="ignored")
+        if skey in self.store:
+            w.deletes.append(skey)
         created = w.account is None
         account, effects = applied
         w.set_account(account, w.offset)
@@ -515,9 +620,6 @@ class Ledger:
         )
         if created:
             self._apply_held(w, result)
-        # Every output of this record, held messages' included: a replay republishes them.
-        marker = {"lo": w.offset, "src": env.source.ref, "out": _pack(tenant, result.outputs)}
-        w.marks = {skey: marker, **w.marks}
         return result
 
     # --- the clock ------------------------------------------------------------------------
@@ -525,6 +627,9 @@ class Ledger:
     def tick(self, partition: int, offset: int, now: datetime) -> Result:
         """Recharge retries/timeouts for due tenants, held messages, then expire markers."""
         result = Result(outcome="tick")
+        # Outbox entries of an earlier attempt of this tick (a replay): republished below
+        # unless this attempt writes them again.
+        earlier = set(self._outbox.get(partition, {}).get(offset, ()))
         due = self._due.get(partition, {})
         for tenant in [t for t, at in due.items() if at <= now]:
             account, lo = self._load(tenant)
@@ -533,10 +638,20 @@ class Ledger:
             account, effects = on_tick(account, now, self.policy)
             w = _Writes(partition, offset, now, tenant, account, lo)
             w.set_account(account, offset)
+            w.outbox = _effects_outputs(tenant, effects)
             self._commit(w)
+            earlier.discard(outbox_key(tenant, offset))
             result.effects.append(effects)
-            result.outputs += _effects_outputs(tenant, effects)
-        self._expire_held(partition, offset, now, result)
+            result.outputs += w.outbox
+        self._expire_held(partition, offset, now, result, earlier)
+        for key in sorted(earlier):
+            entry = self.store.get(key)
+            tenant = tenant_of(key)
+            lo = self._load(tenant)[1]
+            # Republish only what landed: the tenant's account caught up with this tick, or
+            # a tenant without account (held messages this tick rejected).
+            if entry is not None and (lo == -1 or lo >= offset):
+                result.outputs += _unpack(tenant, entry["out"])
         heap = self._expiry.get(partition, [])
         cutoff = _epoch(now)
         expired = 0
@@ -548,14 +663,16 @@ class Ledger:
                 expired += 1
         return result
 
-    def _expire_held(self, partition: int, offset: int, now: datetime, result: Result) -> None:
+    def _expire_held(
+        self, partition: int, offset: int, now: datetime, result: Result, earlier: set[str]
+    ) -> None:
         """Reject held messages whose tenant got no settings in time (unknown_tenant)."""
-        rejected = self._held_rejected.setdefault(partition, {})
-        for tick_offset in [o for o in rejected if o <= offset]:
-            for key in rejected.pop(tick_offset):
+        legacy = self._legacy_rejected.setdefault(partition, {})
+        for tick_offset in [o for o in legacy if o <= offset]:
+            for key in legacy.pop(tick_offset):
                 held = self.store.get(key)
                 if tick_offset == offset and held is not None and "rej" in held:
-                    # This tick is a replay: publish what it rejected again.
+                    # A replay of a tick that a version-2 worker applied: publish it again.
                     env = Envelope.from_dict(held["env"])
                     out = Output("rejected", env.source.key, held["rej"].encode())
                     result.outputs.append(out)
@@ -569,8 +686,13 @@ class Ledger:
                 by_tenant.pop(tenant)
                 continue
             late = [e for e in entries if e[2] <= cutoff]
+            if not late:
+                continue
+            # The rejections go to this tick's outbox entry, then the held keys are deleted.
+            w = _Writes(partition, offset, now, tenant, None, -1)
             for _, key, _ in late:
                 held = self.store.get(key)
+                w.deletes.append(key)
                 if held is None or "env" not in held:
                     continue
                 env = Envelope.from_dict(held["env"])
@@ -579,31 +701,32 @@ class Ledger:
                     f"{self.hold.seconds}s (RATING_UNKNOWN_TENANT_HOLD_SECONDS) without settings"
                 )
                 part = self._reject(env, RejectReason.UNKNOWN_TENANT, detail, now)
-                value = part.outputs[0].value.decode()
-                exp = _epoch(now + HELD_REJECTION_TTL)
-                self._mark(
-                    partition, key, {"lo": offset, "env": held["env"], "rej": value, "exp": exp}
-                )
+                w.outbox += part.outputs
                 result.outputs += part.outputs
                 result.parts.append(part)
-            if late:
-                self._unhold(partition, tenant, {e[1] for e in late})
+            self._commit(w)
+            earlier.discard(outbox_key(tenant, offset))
 
     def rebuild_index(self, partition: int, items: Iterable[tuple[str, Any]]) -> None:
         """Rebuild the in-memory indexes of one partition from its stored keys."""
         heap: list[tuple[int, str]] = []
         self._due[partition] = {}
         self._held[partition] = {}
-        self._held_rejected[partition] = {}
+        self._outbox[partition] = {}
+        self._legacy_rejected[partition] = {}
         for key, value in items:
             if is_kind(key, KeyKind.ACCOUNT):
                 self._track(partition, Account.from_dict(value["acct"]))
                 continue
+            if is_kind(key, KeyKind.OUTBOX):
+                offset = int(split_key(key)[2][0])
+                self._outbox[partition].setdefault(offset, set()).add(key)
+                continue
             if "exp" in value:
                 heap.append((value["exp"], key))
             if is_kind(key, KeyKind.HELD):
-                if "rej" in value:
-                    self._held_rejected[partition].setdefault(value["lo"], []).append(key)
+                if "rej" in value:  # state version 2: a rejection kept for a replayed tick
+                    self._legacy_rejected[partition].setdefault(value["lo"], []).append(key)
                 else:
                     self._index_held(partition, key, value)
         heapq.heapify(heap)
@@ -613,7 +736,8 @@ class Ledger:
         self._due.pop(partition, None)
         self._expiry.pop(partition, None)
         self._held.pop(partition, None)
-        self._held_rejected.pop(partition, None)
+        self._outbox.pop(partition, None)
+        self._legacy_rejected.pop(partition, None)
         for tenant in [t for t, s in self._status.items() if s[0] == partition]:
             del self._status[tenant]
 
@@ -636,4 +760,4 @@ class Ledger:
         return sum(len(entries) for p in partitions for entries in self._held.get(p, {}).values())
 
 
-__all__ = ["HoldPolicy", "Ledger", "Output", "Result"]
+__all__ = ["HoldPolicy", "Ledger", "Marker", "Output", "Result"]

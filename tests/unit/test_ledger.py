@@ -412,12 +412,16 @@ def test_crash_with_marker_durable_and_account_lost_is_repaired_once() -> None:
     after = ledger.store
     marker_keys = [k for k in after if k.startswith("c/")]
     assert marker_keys == ["c/t1/c1"]
-    # The changelog kept the marker but not the account write that followed it.
+    assert after["c/t1/c1"] == {"lo": offset, "amt": "0.0480", "exp": after["c/t1/c1"]["exp"]}
+    # The changelog kept the outbox entry and the marker, not the account write that followed.
     crashed = copy.deepcopy(before)
-    crashed["c/t1/c1"] = copy.deepcopy(after["c/t1/c1"])
+    for key in (f"o/t1/{offset}", "c/t1/c1"):
+        crashed[key] = copy.deepcopy(after[key])
     recovered = new_ledger(crashed)
     assert balance(recovered) == Decimal("10.00")
-    result = recovered.handle(env, 0, offset, T0 + timedelta(minutes=1))
+    # Redelivered with its own timestamp (the ledger's `now`), it is charged afresh against
+    # the same pre-state: the same Charge and effects, byte for byte, without stored outputs.
+    result = recovered.handle(env, 0, offset, T0)
     assert result.outcome == "repaired"
     assert result.outputs == first.outputs
     assert first.charge is not None
@@ -429,14 +433,15 @@ def test_crash_with_marker_durable_and_account_lost_is_repaired_once() -> None:
 
 
 def test_crash_repair_also_happens_via_a_republished_duplicate() -> None:
-    # Even if the first thing to arrive is a re-publication, the debit is finished, once.
+    # Even if the first thing to arrive is a re-publication, the debit is finished, once: a
+    # marker ahead of the account is ignored, so the re-publication charges the CDR.
     ledger, feed = funded()
     before = copy.deepcopy(ledger.store)
     _, _, first = feed.send("cdr", cdr_doc("c1"))
     crashed = {**copy.deepcopy(before), "c/t1/c1": copy.deepcopy(ledger.store["c/t1/c1"])}
     recovered = new_ledger(crashed)
     dup = envelope("cdr", cdr_doc("c1"), src_offset=5000)
-    assert recovered.handle(dup, 0, 99, T0).outcome == "repaired"
+    assert recovered.handle(dup, 0, 99, T0).outcome == "charged"
     assert first.charge is not None
     assert balance(recovered) == Decimal("10.00") - first.charge.amount
     assert recovered.handle(dup, 0, 100, T0).outcome == "duplicate"
@@ -485,7 +490,7 @@ def test_funds_crash_with_marker_durable_and_account_lost_credits_once() -> None
 def test_settings_crash_with_marker_durable_and_account_lost_creates_the_account() -> None:
     ledger = new_ledger()
     env, offset, first = Feed(ledger).send("settings", settings_doc())
-    crashed = {"s/t1": copy.deepcopy(ledger.store["s/t1"])}
+    crashed = {"o/t1/0": copy.deepcopy(ledger.store["o/t1/0"])}
     recovered = new_ledger(crashed)
     result = recovered.handle(env, 0, offset, T0)
     assert result.outcome == "settings"
@@ -505,6 +510,7 @@ def test_older_settings_replayed_after_newer_are_ignored() -> None:
     ledger, feed = opened()
     env_old = envelope("settings", settings_doc(), 1000)
     feed.send("settings", settings_doc(alert="5"))
+    ledger.published(0, feed.offset - 1)  # the older record's outputs were acked long ago
     assert ledger.handle(env_old, 0, 0, T0).outcome == "ignored"
     account = ledger.account("t1")
     assert account is not None
@@ -641,10 +647,10 @@ def test_every_crash_prefix_then_full_replay_debits_each_cdr_exactly_once() -> N
     original = Changelog()
     seen = run(new_ledger(original), scenario.messages, 0, T0)
     check_exactly_once(scenario, original, seen)
-    # Writes: marker + account for 2 settings; marker + recent slot + ring counter + account
-    # for 2 credits; marker + usage row + recent slot + ring counter + account for 5 distinct
-    # CDRs (rating.usage).
-    assert len(original.log) == 2 * 2 + 2 * 4 + 5 * 5
+    # Writes: outbox + account for 2 settings; outbox + marker + recent slot + ring counter +
+    # account for 2 credits; outbox + marker + usage row + recent slot + ring counter + account
+    # for 5 distinct CDRs (rating.usage).
+    assert len(original.log) == 2 * 2 + 2 * 5 + 5 * 6
     for keep in range(len(original.log) + 1):
         store = original.crashed(keep)
         # Redelivery from offset 0 (a conservative committed offset), an hour later.
@@ -715,6 +721,174 @@ def test_random_crashes_and_redeliveries_never_double_charge(
         changelog = changelog.crashed(keep)
         run(new_ledger(changelog), scenario.messages, 0, T0 + timedelta(minutes=round_ + 1))
     check_exactly_once(scenario, changelog, {})
+
+
+# --- the outbox: crashes around publication -------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One batch of the ledger agent, as the changelog saw it (see streaming/app.py)."""
+
+    start: int  # its first ledger offset
+    durable: int  # changelog length once its state was written (then: publish)
+    cleared: int  # changelog length once its outbox entries were deleted (then: ack)
+    charges: dict[tuple[str, str], set[bytes]]  # the Charges it published, per tenant and id
+
+
+def run_batches(
+    ledger: Ledger, messages: list[Envelope], start: int, size: int, log: Changelog
+) -> list[Batch]:
+    """Deliver messages[start:] like the ledger agent: apply a batch, (flush,) publish its
+    outputs, then ``published`` deletes its outbox entries. ``now`` is T0 for every record:
+    the record timestamp, so a reprocessed record must give the same bytes."""
+    batches = []
+    for first in range(start, len(messages), size):
+        charges: dict[tuple[str, str], set[bytes]] = {}
+        last = min(first + size, len(messages))
+        for offset in range(first, last):
+            result = ledger.handle(messages[offset], 0, offset, T0)
+            assert result.outcome != "rejected", result
+            for out in result.outputs:
+                if out.role == "charges":
+                    doc = json.loads(out.value)
+                    charges.setdefault((doc["tenant_id"], doc["cdr_id"]), set()).add(out.value)
+        durable = len(log.log)
+        ledger.published(0, last - 1)
+        batches.append(Batch(first, durable, len(log.log), charges))
+    return batches
+
+
+Seen = dict[tuple[str, str], set[bytes]]
+
+
+def merge(into: Seen, batches: list[Batch]) -> Seen:
+    for b in batches:
+        for charge, values in b.charges.items():
+            into.setdefault(charge, set()).update(values)
+    return into
+
+
+def check_outbox_crash(scenario: Scenario, size: int, from_zero: bool) -> None:
+    original = Changelog()
+    batches = run_batches(new_ledger(original), scenario.messages, 0, size, original)
+    assert not any(k.startswith("o/") for k in original)  # every entry cleared
+    charged = set(scenario.cdrs)
+    for keep in range(len(original.log) + 1):
+        store = original.crashed(keep)
+        # Published before the crash for sure: a batch whose deletes began (publish comes
+        # before them). Perhaps published: every batch whose state was durable.
+        surely = merge({}, [b for b in batches if b.cleared > b.durable and keep > b.durable])
+        perhaps = merge({}, [b for b in batches if keep >= b.durable])
+        # The input offsets are acked after the deletes: redelivery from the first batch
+        # whose deletes are not all kept (or, conservatively, from 0).
+        commit = next((b.start for b in batches if b.cleared > keep), len(scenario.messages))
+        ledger = new_ledger(store)
+        ledger.rebuild_index(0, list(store.items()))
+        replay = run_batches(ledger, scenario.messages, 0 if from_zero else commit, size, store)
+        check_exactly_once(scenario, store, {})
+        # At least once: every charged CDR was published, before the crash or by the replay.
+        assert set(merge(dict(surely), replay)) >= charged, keep
+        # Always the same bytes (rated_at included: `now` is the record's timestamp).
+        for charge, values in merge(perhaps, replay).items():
+            assert len(values) == 1, (keep, charge, values)
+        assert not any(k.startswith("o/") for k in store), keep  # the outbox ends empty
+
+
+@pytest.mark.parametrize("size", [1, 3, 12])
+@pytest.mark.parametrize("from_zero", [False, True], ids=["from-commit", "from-zero"])
+def test_every_crash_prefix_around_publication_publishes_each_charge_once_in_content(
+    size: int, from_zero: bool
+) -> None:
+    # Crashes between durable and publish, between publish and the outbox deletes, and
+    # between the deletes and the ack: every prefix of a run that publishes in batches.
+    check_outbox_crash(fixed_scenario(), size, from_zero)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios(), size=st.integers(1, 5))
+def test_random_scenarios_crashed_around_publication_publish_every_charge(
+    scenario: Scenario, size: int
+) -> None:
+    check_outbox_crash(scenario, size, from_zero=False)
+
+
+def test_a_redelivered_record_whose_outputs_were_acked_publishes_nothing() -> None:
+    ledger, feed = funded()
+    env, offset, first = feed.send("cdr", cdr_doc("c1"))
+    assert f"o/t1/{offset}" in ledger.store
+    again = ledger.handle(env, 0, offset, T0)
+    assert (again.outcome, again.outputs) == ("replayed", first.outputs)  # kept: republished
+    ledger.published(0, offset)
+    assert not any(k.startswith("o/") for k in ledger.store)
+    gone = ledger.handle(env, 0, offset, T0)
+    assert (gone.outcome, gone.outputs) == ("replayed", [])  # acked before the delete
+    assert ledger.handle(envelope("cdr", cdr_doc("c1"), 9999), 0, 50, T0).outcome == "duplicate"
+
+
+def test_published_keeps_the_entries_of_later_records() -> None:
+    # After a crash a batch of leftovers may be redelivered in smaller batches: clearing the
+    # first must not drop what the later records still have to republish.
+    ledger, feed = funded()
+    feed.send("cdr", cdr_doc("c1"))
+    env2, offset2, second = feed.send("cdr", cdr_doc("c2"))
+    ledger.published(0, offset2 - 1)
+    assert ledger.handle(env2, 0, offset2, T0).outputs == second.outputs
+
+
+def test_markers_are_compact() -> None:
+    ledger, feed = funded()
+    feed.send("cdr", cdr_doc("c1"))
+    marker = ledger.store["c/t1/c1"]
+    assert set(marker) == {"lo", "amt", "exp"}
+    assert len(json.dumps(marker, separators=(",", ":"))) <= 50
+    assert ledger.store["f/t1/seed"] == {"lo": 1}
+    assert not any(k.startswith("s/") for k in ledger.store)
+
+
+# --- state version 2 ------------------------------------------------------------------------
+
+
+def v2_state() -> tuple[dict[str, Any], Envelope, Envelope, list[Output]]:
+    """State as a version-2 worker left it: it applied a settings message, a credit and a
+    CDR, and was killed before publishing the CDR's outputs (kept in its marker)."""
+    ledger, feed = funded()
+    env, offset, first = feed.send("cdr", cdr_doc("c1"))
+    funds_env = envelope("funds", funds_doc("seed"), 1001)  # the credit's source, as fed
+    store: dict[str, Any] = {}
+    for key, kept in ledger.store.items():
+        if key.startswith("o/"):
+            continue
+        value = copy.deepcopy(kept)
+        if key.startswith("a/"):
+            value["acct"]["v"] = 2
+        store[key] = value
+    src = env.source.ref
+    store["c/t1/c1"] |= {"src": src, "out": [["c", first.outputs[0].value.decode()]]}
+    store["f/t1/seed"] |= {"src": funds_env.source.ref, "out": []}
+    store["s/t1"] = {"lo": 0, "src": "settings", "out": []}
+    assert offset == 2
+    return store, env, funds_env, first.outputs
+
+
+def test_version_2_state_is_read_without_mis_dedup_and_its_stored_outputs_republished() -> None:
+    store, env, funds_env, outputs = v2_state()
+    ledger = new_ledger(store)
+    ledger.rebuild_index(0, list(store.items()))
+    bal = balance(ledger)
+    # The record version 2 applied but did not publish: its outputs come from the marker.
+    again = ledger.handle(env, 0, 2, T0)
+    assert (again.outcome, again.outputs) == ("replayed", outputs)
+    # Re-publications are duplicates; the credit is not applied twice.
+    assert ledger.handle(envelope("cdr", cdr_doc("c1"), 42), 0, 3, T0).outcome == "duplicate"
+    assert ledger.handle(funds_env, 0, 4, T0).outcome == "funds_duplicate"
+    assert balance(ledger) == bal
+    # New work writes version-3 state: compact markers, and the next settings drop s/.
+    assert ledger.handle(envelope("cdr", cdr_doc("c2"), 43), 0, 5, T0).outcome == "charged"
+    assert set(store["c/t1/c2"]) == {"lo", "amt", "exp"}
+    assert store["a/t1"]["acct"]["v"] == 3
+    ledger.handle(envelope("settings", settings_doc(alert="1"), 44), 0, 6, T0)
+    assert "s/t1" not in store
 
 
 # --- funds ----------------------------------------------------------------------------------
@@ -927,7 +1101,12 @@ def test_recharge_failed_then_tick_after_backoff_retries_same_command() -> None:
     assert resent.attempt == 2
     assert resent.issued_at == retry_at
     assert result.effects[0].recharge_outcomes == ("retried",)
-    # The same tick replayed (same ledger offset) does not resend again.
+    # The same tick replayed (same ledger offset) changes nothing and republishes the same
+    # command from its outbox entry while it is kept; nothing once it was published.
+    again = ledger.tick(0, feed.offset - 1, retry_at)
+    assert again.outputs == result.outputs
+    assert again.effects == []
+    ledger.published(0, feed.offset - 1)
     assert ledger.tick(0, feed.offset - 1, retry_at).outputs == []
 
 
@@ -983,15 +1162,16 @@ def test_tick_expires_only_markers_older_than_horizon_plus_grace() -> None:
     def markers() -> set[str]:  # usage rows and the recent ring expire on their own terms
         return {k for k in ledger.store if not k.startswith(("u/", "r/"))}
 
+    ledger.published(0, feed.offset - 1)  # the outbox is emptied by publication, not expiry
     keys = markers()
-    assert keys == {"a/t1", "s/t1", "c/t1/old", "c/t1/new"}
+    assert keys == {"a/t1", "c/t1/old", "c/t1/new"}
     # At the expiry second itself nothing goes; strictly after it, only the old CDR marker.
     feed.tick(old_exp)
     assert markers() == keys
     feed.tick(old_exp + timedelta(seconds=1))
     assert markers() == keys - {"c/t1/old"}
     feed.tick(new_start + HORIZON + EXPIRY_GRACE + timedelta(seconds=1))
-    assert markers() == {"a/t1", "s/t1"}  # accounts and settings never expire
+    assert markers() == {"a/t1"}  # accounts never expire
 
 
 def test_expired_cdr_republished_is_rejected_stale_never_charged_again() -> None:
@@ -1023,8 +1203,9 @@ def test_expiry_works_after_rebuild_index_on_a_fresh_ledger() -> None:
     taker = new_ledger(ledger.store)
     taker.rebuild_index(0, list(ledger.store.items()))
     taker.tick(0, feed.offset, T0 + timedelta(days=30))
+    taker.published(0, feed.offset)
     # Usage rows and the recent ring stay (their retention is 400 days: rating.usage).
-    assert {k for k in ledger.store if not k.startswith(("u/", "r/"))} == {"a/t1", "s/t1"}
+    assert {k for k in ledger.store if not k.startswith(("u/", "r/"))} == {"a/t1"}
 
 
 def test_expiry_skips_a_marker_rewritten_with_a_later_expiry() -> None:
@@ -1063,7 +1244,8 @@ def test_status_counts_per_partition_and_forget_drops_them() -> None:
 
 
 def test_tenant_of_extracts_the_tenant_from_every_key_kind() -> None:
-    assert [tenant_of(k) for k in ("a/t1", "s/t1", "c/t1/x/y", "f/t1/e")] == ["t1"] * 4
+    keys = ("a/t1", "s/t1", "c/t1/x/y", "f/t1/e", "o/t1/12")
+    assert [tenant_of(k) for k in keys] == ["t1"] * 5
 
 
 def test_output_is_a_plain_value() -> None:

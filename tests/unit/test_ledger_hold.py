@@ -27,8 +27,10 @@ from tests.unit.test_ledger import (
     envelope,
     expected_charge,
     funds_doc,
+    merge,
     only,
     roles,
+    run_batches,
     settings_doc,
 )
 
@@ -156,13 +158,16 @@ def test_a_replayed_tick_republishes_the_rejections_it_made() -> None:
     assert later.outputs == []
 
 
-def test_held_rejections_expire_from_the_store() -> None:
+def test_held_rejections_are_kept_only_until_published() -> None:
+    # The rejecting tick deletes the held key and keeps the rejection in its outbox entry,
+    # which its publication deletes (version 2 kept it in the held key for a day).
     ledger = hold_ledger()
     ledger.handle(envelope("cdr", cdr_doc("c1", tenant="ghost"), 50), 0, 0, T0)
     ledger.tick(0, 1, HOLD_END)
-    assert any(k.startswith("h/") for k in ledger.store)
-    ledger.tick(0, 2, HOLD_END + timedelta(days=2))
     assert not any(k.startswith("h/") for k in ledger.store)
+    assert set(ledger.store) == {"o/ghost/1"}
+    ledger.published(0, 1)
+    assert ledger.store == {}
 
 
 # --- crash safety of the hold ---------------------------------------------------------------
@@ -250,6 +255,27 @@ def test_every_crash_prefix_then_redelivery_from_the_commit_point_applies_everyt
         store = original.crashed(keep)
         deliver(recovered(store), messages, commit)
         check(recovered(store), {})
+
+
+@pytest.mark.parametrize("size", [1, 4, 9])
+def test_every_crash_prefix_of_an_onboarding_around_publication_publishes_every_charge(
+    size: int,
+) -> None:
+    # The held charges are published by the creating settings record's batch: a crash
+    # before, during or after its outbox deletes still publishes each one, same bytes.
+    messages = onboarding()
+    original = Changelog()
+    batches = run_batches(hold_ledger(original), messages, 0, size, original)
+    for keep in range(len(original.log) + 1):
+        store = original.crashed(keep)
+        commit = next((b.start for b in batches if b.cleared > keep), len(messages))
+        replay = run_batches(recovered(store), messages, commit, size, store)
+        check(recovered(store), {})
+        surely = merge({}, [b for b in batches if b.cleared > b.durable and keep > b.durable])
+        assert set(merge(surely, replay)) == {("t1", "a"), ("t1", "c"), ("t2", "b")}, keep
+        perhaps = merge({}, [b for b in batches if keep >= b.durable])
+        assert all(len(v) == 1 for v in merge(perhaps, replay).values()), keep
+        assert not any(k.startswith("o/") for k in store), keep
 
 
 def test_a_replayed_creating_settings_record_republishes_the_held_charges() -> None:

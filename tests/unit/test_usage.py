@@ -185,12 +185,12 @@ def test_repair_adds_usage_only_when_the_row_missed_the_debit() -> None:
     original = Changelog()
     run(new_ledger(original), scenario.messages, 0, T0)
     kinds = [k.split("/")[0] for k, _ in original.log]
-    # marker -> usage -> recent slot -> ring counter -> account
-    assert kinds == ["s", "a", "c", "u", "r", "r", "a"]
-    for keep in (3, 4, 5, 6):
+    # outbox -> marker -> usage -> recent slot -> ring counter -> account
+    assert kinds == ["o", "a", "o", "c", "u", "r", "r", "a"]
+    for keep in (3, 4, 5, 6, 7):
         store = original.crashed(keep)
         result = new_ledger(store).handle(scenario.messages[1], 0, 1, T0)
-        assert result.outcome == "repaired"
+        assert result.outcome == ("repaired" if keep >= 4 else "charged")
         check_usage(scenario, store)
 
 

@@ -89,7 +89,10 @@ FundsOutcome = Literal["applied", "ignored"]
 
 #: Version of the ``to_dict`` layout, so a future change can migrate stored state.
 #: 2: ``closed`` (recently closed commands) and the escaped state keys of ``rating.keys``.
-STATE_VERSION: Final = 2
+#: 3: compact markers and the outbox (``ledger.py``); the account layout is that of 2, so a
+#: version-3 worker reads version-2 state, and a version-2 worker refuses version-3 accounts.
+STATE_VERSION: Final = 3
+READABLE_VERSIONS: Final = frozenset({2, 3})
 #: How many closed recharge commands an account remembers (to tell a billing resend from a
 #: late first answer, and to name the event that resolved a command).
 RECENT_CLOSED: Final = 4  # stored in every account write: keep it small
@@ -261,7 +264,7 @@ class Account:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Account:
         """Exact inverse of :meth:`to_dict`; raises ``ValueError`` on a malformed dict."""
-        if d.get("v") != STATE_VERSION:
+        if d.get("v") not in READABLE_VERSIONS:
             raise ValueError(f"unknown account state version {d.get('v')!r}")
         raw_out = d.get("outstanding")
         if raw_out is not None and not isinstance(raw_out, Mapping):

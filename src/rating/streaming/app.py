@@ -242,6 +242,13 @@ class Pipeline:
     async def publish(self, outputs: list[Output]) -> None:
         await self.send_all([(out.role, out.key, out.value) for out in outputs])
 
+    def clear_outbox(self, upto: dict[int, int]) -> None:
+        """The batch's outputs are acked: delete its outbox entries (``upto``: partition ->
+        the batch's last ledger offset there), each in its tenant's changelog partition."""
+        for partition, offset in upto.items():
+            self.store.partition = partition
+            self.ledger.published(partition, offset)
+
     def count_results(self, done: Sequence[tuple[Result, float | None]]) -> None:
         """A batch's results -> the metrics. Charges, the bulk, are summed per label set and
         added once per batch (the same totals); everything else is counted one by one."""
@@ -277,7 +284,8 @@ class Pipeline:
         m = self.metrics
         if result.outcome == "duplicate":
             m.cdrs_duplicate.labels(result.product or "unknown").inc()
-        elif result.outcome in ("replayed", "repaired"):
+        elif result.outcome == "repaired" or (result.outcome == "replayed" and result.outputs):
+            # A replay whose outbox entry is gone publishes nothing: its outputs were acked.
             m.charges_replayed.inc()
         elif result.outcome == "settings":
             m.settings_applied.inc()
@@ -451,21 +459,28 @@ def _register_agents(p: Pipeline) -> None:
 
     @app.agent(p.topics["ledger"], name="ledger")
     async def ledger(stream: Any) -> None:
-        # Batches: state for the whole batch goes to the changelog, the changelog is flushed,
-        # and only then are the outputs published (an outbox). So a Charge exists only once
-        # its marker is durable, and a replay re-publishes the stored bytes: same content.
+        # Batches (see ledger.py, "The outbox"): state for the whole batch, outputs included
+        # (outbox entries), goes to the changelog and is flushed; only then are the outputs
+        # published, and once the broker acked them the outbox entries are deleted and that
+        # is flushed too, before the stream acks the batch's input offsets. So a Charge exists
+        # only once its marker is durable, a replay republishes the stored bytes (same
+        # content) while they are kept, and nothing once they were acked.
         async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
             outputs: list[Output] = []
             done: list[tuple[Result, float | None]] = []
+            upto: dict[int, int] = {}
             for event in events:
                 result, started = p.apply(event.message)
                 outputs.extend(result.outputs)
                 done.append((result, started))
+                upto[event.message.partition] = event.message.offset
             flush_started = time.perf_counter()
             await p.store.durable()
             m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
             m.ledger_batch_size.observe(len(events))
             await p.publish(outputs)
+            p.clear_outbox(upto)
+            await p.store.durable()
             p.count_results(done)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
