@@ -59,7 +59,9 @@ Exactly once in effect, without Kafka transactions:
 The outbox and publication. The adapter applies a batch, waits until its changelog records
 are acked (``store.durable``), publishes the batch's outputs and waits for the broker's acks,
 then calls :meth:`Ledger.published`, which deletes the batch's outbox entries (tombstones on
-the changelog, flushed before the batch's input offsets are acked and committed). A crash
+the changelog, acked before the batch's input offsets are committed: Faust flushes the
+producer before every commit; the next batch's ``store.durable`` writes them to the local
+store and seals them, so they cost no wait of their own). A crash
 between durable and publish, or between publish and the deletes, redelivers the batch (2):
 each fully applied record republishes its entry (4), same bytes; a crash after the deletes
 but before the commit redelivers records whose outputs were acked already, and they publish

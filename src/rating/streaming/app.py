@@ -461,10 +461,13 @@ def _register_agents(p: Pipeline) -> None:
     async def ledger(stream: Any) -> None:
         # Batches (see ledger.py, "The outbox"): state for the whole batch, outputs included
         # (outbox entries), goes to the changelog and is flushed; only then are the outputs
-        # published, and once the broker acked them the outbox entries are deleted and that
-        # is flushed too, before the stream acks the batch's input offsets. So a Charge exists
-        # only once its marker is durable, a replay republishes the stored bytes (same
-        # content) while they are kept, and nothing once they were acked.
+        # published, and once the broker acked them the outbox entries are deleted. So a
+        # Charge exists only once its marker is durable, a replay republishes the stored bytes
+        # (same content) while they are kept, and nothing once they were acked. The deletes
+        # need no wait of their own: Faust flushes the producer (transport.Producer.flush)
+        # before it commits the batch's input offsets, and the next batch's durable() writes
+        # them to RocksDB and seals them; a crash before that replays them from the changelog
+        # or, at worst, republishes outputs already acked (allowed: consumers dedupe).
         async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
             outputs: list[Output] = []
             done: list[tuple[Result, float | None]] = []
@@ -480,7 +483,6 @@ def _register_agents(p: Pipeline) -> None:
             m.ledger_batch_size.observe(len(events))
             await p.publish(outputs)
             p.clear_outbox(upto)
-            await p.store.durable()
             p.count_results(done)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
