@@ -585,7 +585,7 @@ class Ledger:
         if isinstance(applied, Refusal):
             if marker is not None and marker.lo == w.offset:
                 w.deletes.append(mkey)
-            return self._reject(env, RejectReason(applied.reason), applied.detail, w.now)
+            return self._reject(env, applied.reason, applied.detail, w.now)
         if marker is None and w.offset <= lo:
             return Result(outcome="funds_duplicate", funds=event)
         account, effects = applied
@@ -602,7 +602,7 @@ class Ledger:
         tenant = w.tenant
         applied = open_or_update(w.account, settings, w.now, self.policy)
         if isinstance(applied, Refusal):
-            return self._reject(env, RejectReason(applied.reason), applied.detail, w.now)
+            return self._reject(env, applied.reason, applied.detail, w.now)
         skey = settings_key(tenant)  # state version 2 kept the latest outputs there
         if w.offset <= w.lo:
             # Held messages of an existing tenant were applied when it was created.
