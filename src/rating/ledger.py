@@ -99,7 +99,8 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -142,8 +143,43 @@ from rating.usage import record_activity
 
 log = logging.getLogger(__name__)
 
-Role = Literal["charges", "recharge", "balance", "rejected"]
-_ROLE_CODES: dict[Role, str] = {"charges": "c", "recharge": "r", "balance": "b", "rejected": "x"}
+
+class Role(StrEnum):
+    """Where a record the worker produces goes; the adapter maps each role to its topic
+    (``Pipeline.sinks``). The ledger's outputs have the last four; ``LEDGER`` is ingest's:
+    the ledger topic itself (ingest also produces ``REJECTED``)."""
+
+    LEDGER = "ledger"
+    CHARGES = "charges"
+    RECHARGE = "recharge"
+    BALANCE = "balance"
+    REJECTED = "rejected"
+
+
+class Outcome(StrEnum):
+    """What one ledger message did (``Result.outcome``); the metrics branch on it."""
+
+    IGNORED = "ignored"  # nothing to do (a fully applied settings record without outputs)
+    CHARGED = "charged"
+    REPAIRED = "repaired"  # charged again: its first attempt landed the marker, not the account
+    REPLAYED = "replayed"  # a fully applied record again: its outbox entry is republished
+    DUPLICATE = "duplicate"  # a CDR charged at another ledger offset
+    FUNDS = "funds"
+    FUNDS_DUPLICATE = "funds_duplicate"
+    SETTINGS = "settings"
+    HELD = "held"  # kept until the tenant's first settings
+    HELD_AGAIN = "held_again"  # a replay of a held message
+    REJECTED = "rejected"
+    TICK = "tick"
+
+
+# The outbox stores a role as one letter (state version 3).
+_ROLE_CODES: dict[Role, str] = {
+    Role.CHARGES: "c",
+    Role.RECHARGE: "r",
+    Role.BALANCE: "b",
+    Role.REJECTED: "x",
+}
 _CODE_ROLES: dict[str, Role] = {v: k for k, v in _ROLE_CODES.items()}
 
 #: Markers outlive the stale cut-off by this much, so a worker whose clock is a little
@@ -173,7 +209,7 @@ class Output:
 class Result:
     """What one ledger message did: outputs to publish plus facts for the metrics."""
 
-    outcome: str = "ignored"
+    outcome: Outcome = Outcome.IGNORED
     outputs: list[Output] = field(default_factory=list)
     reason: RejectReason | None = None
     charge: Charge | None = None
@@ -228,8 +264,10 @@ def _epoch(t: datetime) -> int:
 
 def _effects_outputs(tenant: str, effects: Effects) -> list[Output]:
     key = tenant.encode()
-    out = [Output("recharge", key, c.model_dump_json().encode()) for c in effects.recharge_commands]
-    out += [Output("balance", key, e.model_dump_json().encode()) for e in effects.balance_events]
+    out = [
+        Output(Role.RECHARGE, key, c.model_dump_json().encode()) for c in effects.recharge_commands
+    ]
+    out += [Output(Role.BALANCE, key, e.model_dump_json().encode()) for e in effects.balance_events]
     return out
 
 
@@ -427,10 +465,10 @@ class Ledger:
     def _reject(self, env: Envelope, reason: RejectReason, detail: str, now: datetime) -> Result:
         rej = make_rejection(env.source, env.payload, reason, detail, now)
         return Result(
-            outcome="rejected",
+            outcome=Outcome.REJECTED,
             reason=reason,
             topic=env.source.topic,
-            outputs=[Output("rejected", env.source.key, rej.model_dump_json().encode())],
+            outputs=[Output(Role.REJECTED, env.source.key, rej.model_dump_json().encode())],
         )
 
     def _parse(self, env: Envelope, now: datetime) -> CDR | FundsEvent | TenantSettings | Result:
@@ -451,10 +489,10 @@ class Ledger:
         if entry is not None:
             # Deleted with this batch's entries once published (the index may predate it).
             self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
-            return Result(outcome="replayed", outputs=_unpack(w.tenant, entry["out"]))
-        return Result(outcome="replayed", outputs=_unpack(w.tenant, legacy or []))
+            return Result(outcome=Outcome.REPLAYED, outputs=_unpack(w.tenant, entry["out"]))
+        return Result(outcome=Outcome.REPLAYED, outputs=_unpack(w.tenant, legacy or []))
 
-    def _seen(self, w: _Writes, mkey: str, marker: Marker, duplicate_outcome: str) -> Result:
+    def _seen(self, w: _Writes, mkey: str, marker: Marker, duplicate_outcome: Outcome) -> Result:
         """A marker the account has caught up with: a replay of its record, or a duplicate."""
         if marker.lo == w.offset and mkey not in w.applied:
             return self._replayed(w, marker.legacy)
@@ -465,7 +503,7 @@ class Ledger:
     def _hold(self, w: _Writes, env: Envelope) -> Result:
         key = held_key(w.tenant, str(w.offset))
         if self.store.get(key) is not None:
-            return Result(outcome="held_again", topic=env.source.topic)  # a replay
+            return Result(outcome=Outcome.HELD_AGAIN, topic=env.source.topic)  # a replay
         by_tenant = self._held.setdefault(w.partition, {})
         mine = len(by_tenant.get(w.tenant, ()))
         total = sum(len(v) for v in by_tenant.values())
@@ -479,7 +517,7 @@ class Ledger:
         held = {"lo": w.offset, "at": _epoch(w.now), "env": env.to_dict()}
         w.marks[key] = held
         self._index_held(w.partition, key, held)
-        return Result(outcome="held", topic=env.source.topic)
+        return Result(outcome=Outcome.HELD, topic=env.source.topic)
 
     def _index_held(self, partition: int, key: str, held: dict[str, Any]) -> None:
         entries = self._held.setdefault(partition, {}).setdefault(tenant_of(key), [])
@@ -523,7 +561,7 @@ class Ledger:
         raw = self._get(w, mkey)
         marker = None if raw is None else Marker.from_dict(raw)
         if marker is not None and (marker.lo <= lo or mkey in w.applied):
-            result = self._seen(w, mkey, marker, "duplicate")
+            result = self._seen(w, mkey, marker, Outcome.DUPLICATE)
             result.product = cdr.product.value
             return result
         # No marker, or one ahead of the account (docstring, 3): charge it afresh. If this is
@@ -549,11 +587,11 @@ class Ledger:
             return self._reject(env, rated.reason, rated.detail, now)
         if marker is None and w.offset <= lo:
             # Applied by an earlier delivery whose marker has since expired.
-            return Result(outcome="duplicate", product=cdr.product.value)
+            return Result(outcome=Outcome.DUPLICATE, product=cdr.product.value)
         account, effects = apply_charge(account, rated.amount, now, self.policy)
         charge = rated.model_copy(update={"balance_after": account.balance})
         charge_json = charge.model_dump_json(exclude_none=True).encode()
-        outputs = [Output("charges", tenant.encode(), charge_json)]
+        outputs = [Output(Role.CHARGES, tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)
         w.marks[mkey] = Marker(w.offset, rated.amount, expires).to_dict()
@@ -563,7 +601,7 @@ class Ledger:
         call_end = cdr.call_start + timedelta(seconds=cdr.duration_seconds)
         # "repaired": this record's first attempt landed its marker but not the account.
         return Result(
-            outcome="repaired" if own else "charged",
+            outcome=Outcome.REPAIRED if own else Outcome.CHARGED,
             outputs=outputs,
             charge=charge,
             call_end=call_end,
@@ -577,7 +615,7 @@ class Ledger:
         raw = self._get(w, mkey)
         marker = None if raw is None else Marker.from_dict(raw)
         if marker is not None and (marker.lo <= lo or mkey in w.applied):
-            result = self._seen(w, mkey, marker, "funds_duplicate")
+            result = self._seen(w, mkey, marker, Outcome.FUNDS_DUPLICATE)
             result.funds = event
             return result
         # No marker, or one ahead of the account: apply afresh (as for CDRs).
@@ -587,7 +625,7 @@ class Ledger:
                 w.deletes.append(mkey)
             return self._reject(env, applied.reason, applied.detail, w.now)
         if marker is None and w.offset <= lo:
-            return Result(outcome="funds_duplicate", funds=event)
+            return Result(outcome=Outcome.FUNDS_DUPLICATE, funds=event)
         account, effects = applied
         outputs = _effects_outputs(tenant, effects)
         # Funds markers never expire: a funds event has no time of its own to call it stale
@@ -596,7 +634,7 @@ class Ledger:
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, funds=event)
-        return Result(outcome="funds", outputs=outputs, effects=[effects], funds=event)
+        return Result(outcome=Outcome.FUNDS, outputs=outputs, effects=[effects], funds=event)
 
     def _settings(self, w: _Writes, env: Envelope, settings: TenantSettings) -> Result:
         tenant = w.tenant
@@ -611,14 +649,14 @@ class Ledger:
             replay = self._replayed(
                 w, legacy["out"] if legacy is not None and legacy.get("lo") == w.offset else None
             )
-            return replay if replay.outputs else Result(outcome="ignored")
+            return replay if replay.outputs else Result(outcome=Outcome.IGNORED)
         if skey in self.store:
             w.deletes.append(skey)
         created = w.account is None
         account, effects = applied
         w.set_account(account, w.offset)
         result = Result(
-            outcome="settings", outputs=_effects_outputs(tenant, effects), effects=[effects]
+            outcome=Outcome.SETTINGS, outputs=_effects_outputs(tenant, effects), effects=[effects]
         )
         if created:
             self._apply_held(w, result)
@@ -628,7 +666,7 @@ class Ledger:
 
     def tick(self, partition: int, offset: int, now: datetime) -> Result:
         """Recharge retries/timeouts for due tenants, held messages, then expire markers."""
-        result = Result(outcome="tick")
+        result = Result(outcome=Outcome.TICK)
         # Outbox entries of an earlier attempt of this tick (a replay): republished below
         # unless this attempt writes them again.
         earlier = set(self._outbox.get(partition, {}).get(offset, ()))
@@ -676,7 +714,7 @@ class Ledger:
                 if tick_offset == offset and held is not None and "rej" in held:
                     # A replay of a tick that a version-2 worker applied: publish it again.
                     env = Envelope.from_dict(held["env"])
-                    out = Output("rejected", env.source.key, held["rej"].encode())
+                    out = Output(Role.REJECTED, env.source.key, held["rej"].encode())
                     result.outputs.append(out)
         cutoff = _epoch(now)
         by_tenant = self._held.get(partition, {})
@@ -762,4 +800,4 @@ class Ledger:
         return sum(len(entries) for p in partitions for entries in self._held.get(p, {}).values())
 
 
-__all__ = ["HoldPolicy", "Ledger", "Marker", "Output", "Result"]
+__all__ = ["HoldPolicy", "Ledger", "Marker", "Outcome", "Output", "Result", "Role"]

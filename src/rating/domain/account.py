@@ -451,9 +451,7 @@ def apply_funds(
     if event.kind in _RESULTS and not matches:
         late = _closed_locally(before, event)
         if late is None:
-            return Refusal(
-                RejectReason.COMMAND_NOT_OUTSTANDING, _not_outstanding(before, event)
-            )
+            return Refusal(RejectReason.COMMAND_NOT_OUTSTANDING, _not_outstanding(before, event))
 
     if event.kind is FundsKind.RECHARGE_FAILED:
         if late is not None or (pending is not None and pending.awaiting_retry):

@@ -31,7 +31,7 @@ from rating.contracts import Rejection, RejectReason
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.ingest import Envelope, Kind, Source, make_rejection, validate
-from rating.ledger import HoldPolicy, Ledger, Output, Result
+from rating.ledger import HoldPolicy, Ledger, Outcome, Output, Result, Role
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
@@ -45,8 +45,8 @@ log = logging.getLogger("rating.worker")
 
 _ZERO = Decimal(0)
 
-#: Where a record produced by the worker goes: a key of ``Pipeline.topics``.
-Send = tuple[str, bytes | None, bytes]
+#: A record the worker produces: its role (the topic, by ``Pipeline.sinks``), key and value.
+Send = tuple[Role, bytes | None, bytes]
 
 
 class RateCards:
@@ -110,7 +110,10 @@ class Pipeline:
     rates: RateCards
     ledger: Ledger
     store: TableStore
+    #: Every topic the worker declares, by name: "inputs", "ledger", "settings_out", ...
     topics: dict[str, Any] = field(default_factory=dict)
+    #: Where each role's records go: the topics the worker produces to.
+    sinks: dict[Role, Any] = field(default_factory=dict)
     table: Any = None
     kind_by_topic: dict[str, Kind] = field(default_factory=dict)
     clock: Clock = field(default_factory=SystemClock)
@@ -153,9 +156,9 @@ class Pipeline:
                 f"ledger record: {type(exc).__name__}: {exc}",
                 self.clock.now(),
             )
-            out = Output("rejected", msg.key, rej.model_dump_json().encode())
+            out = Output(Role.REJECTED, msg.key, rej.model_dump_json().encode())
             result = Result(
-                outcome="rejected",
+                outcome=Outcome.REJECTED,
                 reason=RejectReason.INTERNAL_ERROR,
                 topic=msg.topic,
                 outputs=[out],
@@ -211,9 +214,9 @@ class Pipeline:
                 )
             if isinstance(checked, Rejection):
                 rejected[(msg.topic, checked.reason.value)] += 1
-                out.append(("rejected", msg.key, checked.model_dump_json().encode()))
+                out.append((Role.REJECTED, msg.key, checked.model_dump_json().encode()))
             else:
-                out.append(("ledger", checked.tenant_id.encode(), checked.encode(it=stamp)))
+                out.append((Role.LEDGER, checked.tenant_id.encode(), checked.encode(it=stamp)))
         for topic, n in consumed.items():
             m.cdrs_consumed.labels(topic).inc(n)
         for (topic, reason), n in rejected.items():
@@ -232,7 +235,7 @@ class Pipeline:
         if not records:
             return
         producer = self.app.producer
-        names = {role: self.topics[role].get_topic_name() for role in {r[0] for r in records}}
+        names = {role: self.sinks[role].get_topic_name() for role in {r[0] for r in records}}
         pending = [
             await producer.send(names[role], key, value, None, None, None)
             for role, key, value in records
@@ -260,7 +263,7 @@ class Pipeline:
         for result, started in done:
             try:
                 for part in result.all():
-                    if part.outcome == "charged" and part.charge is not None:
+                    if part.outcome == Outcome.CHARGED and part.charge is not None:
                         c = part.charge
                         key = (c.product.value, c.currency)
                         charged[key] += 1
@@ -282,14 +285,16 @@ class Pipeline:
 
     def _count_one(self, result: Result) -> None:
         m = self.metrics
-        if result.outcome == "duplicate":
+        if result.outcome == Outcome.DUPLICATE:
             m.cdrs_duplicate.labels(result.product or "unknown").inc()
-        elif result.outcome == "repaired" or (result.outcome == "replayed" and result.outputs):
+        elif result.outcome == Outcome.REPAIRED or (
+            result.outcome == Outcome.REPLAYED and result.outputs
+        ):
             # A replay whose outbox entry is gone publishes nothing: its outputs were acked.
             m.charges_replayed.inc()
-        elif result.outcome == "settings":
+        elif result.outcome == Outcome.SETTINGS:
             m.settings_applied.inc()
-        elif result.outcome == "held":
+        elif result.outcome == Outcome.HELD:
             m.messages_held.labels(result.topic or "unknown").inc()
         self._count_funds_and_effects(result)
 
@@ -297,11 +302,11 @@ class Pipeline:
         m = self.metrics
         if result.funds is not None:
             f = result.funds
-            dup = result.outcome == "funds_duplicate"
+            dup = result.outcome == Outcome.FUNDS_DUPLICATE
             m.funds_events.labels(f.kind.value, "duplicate" if dup else "applied").inc()
-            if result.outcome == "funds" and f.amount > 0:
+            if result.outcome == Outcome.FUNDS and f.amount > 0:
                 m.funds_credited.labels(f.currency, f.kind.value).inc(float(f.amount))
-            elif result.outcome == "funds" and f.amount < 0:  # counters only go up
+            elif result.outcome == Outcome.FUNDS and f.amount < 0:  # counters only go up
                 m.funds_debited.labels(f.currency, f.kind.value).inc(float(-f.amount))
         for effects in result.effects:
             if effects.amount_mismatch and result.funds is not None:
@@ -436,10 +441,13 @@ def _declare_topics(p: Pipeline) -> None:
     p.topics["ledger"] = _raw_topic(
         app, f"{p.settings.app_id}-ledger", internal=True, partitions=p.settings.partitions
     )
-    p.topics["charges"] = _raw_topic(app, t.charges)
-    p.topics["recharge"] = _raw_topic(app, t.recharge_commands)
-    p.topics["balance"] = _raw_topic(app, t.balance_events)
-    p.topics["rejected"] = _raw_topic(app, t.rejected)
+    p.sinks = {
+        Role.LEDGER: p.topics["ledger"],
+        Role.CHARGES: _raw_topic(app, t.charges),
+        Role.RECHARGE: _raw_topic(app, t.recharge_commands),
+        Role.BALANCE: _raw_topic(app, t.balance_events),
+        Role.REJECTED: _raw_topic(app, t.rejected),
+    }
     # Admin endpoints publish here, like billing and the admin portal would.
     p.topics["settings_out"] = _raw_topic(app, t.tenant_settings)
     p.topics["funds_out"] = _raw_topic(app, t.funds)
