@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -196,6 +196,24 @@ class HoldPolicy:
     seconds: int = 900
     max_per_tenant: int = 1000
     max_per_partition: int = 100_000
+
+
+class TenantStatus(NamedTuple):
+    """One tenant's figures for the gauges, kept in memory per owned tenant."""
+
+    partition: int
+    below_trigger: bool
+    exhausted: bool
+    outstanding: bool
+
+
+class StatusTotals(NamedTuple):
+    """:meth:`Ledger.status`: the gauges' figures over a set of partitions."""
+
+    tenants: int
+    below_trigger: int
+    exhausted: int
+    outstanding: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,8 +361,8 @@ class Ledger:
         self.hold = hold or HoldPolicy()
         # In-memory indexes, rebuilt from the store after a rebalance (see rebuild_index).
         self._due: dict[int, dict[str, datetime]] = {}
-        # tenant -> (partition, below trigger, exhausted, outstanding) for the gauges.
-        self._status: dict[str, tuple[int, bool, bool, bool]] = {}
+        # tenant -> its figures for the gauges.
+        self._status: dict[str, TenantStatus] = {}
         self._expiry: dict[int, list[tuple[int, str]]] = {}
         # partition -> tenant -> [(ledger offset, key, deadline epoch)] of held messages.
         self._held: dict[int, dict[str, list[tuple[int, str, int]]]] = {}
@@ -414,7 +432,7 @@ class Ledger:
 
     def _track(self, partition: int, account: Account) -> None:
         below = account.auto_recharge_enabled and account.balance < account.trigger_balance
-        self._status[account.tenant_id] = (
+        self._status[account.tenant_id] = TenantStatus(
             partition,
             below,
             account.balance <= 0,
@@ -778,21 +796,21 @@ class Ledger:
         self._held.pop(partition, None)
         self._outbox.pop(partition, None)
         self._legacy_rejected.pop(partition, None)
-        for tenant in [t for t, s in self._status.items() if s[0] == partition]:
+        for tenant in [t for t, s in self._status.items() if s.partition == partition]:
             del self._status[tenant]
 
     def tenants(self, partitions: set[int]) -> list[str]:
         """The tenants of ``partitions`` this ledger has indexed (for the admin list)."""
-        return sorted(t for t, s in self._status.items() if s[0] in partitions)
+        return sorted(t for t, s in self._status.items() if s.partition in partitions)
 
-    def status(self, partitions: set[int]) -> tuple[int, int, int, int]:
-        """(tenants, below trigger, exhausted, outstanding commands) in ``partitions``."""
-        rows = [s for s in self._status.values() if s[0] in partitions]
-        return (
+    def status(self, partitions: set[int]) -> StatusTotals:
+        """Tenants, below trigger, exhausted, outstanding commands in ``partitions``."""
+        rows = [s for s in self._status.values() if s.partition in partitions]
+        return StatusTotals(
             len(rows),
-            sum(s[1] for s in rows),
-            sum(s[2] for s in rows),
-            sum(s[3] for s in rows),
+            sum(s.below_trigger for s in rows),
+            sum(s.exhausted for s in rows),
+            sum(s.outstanding for s in rows),
         )
 
     def held_total(self, partitions: set[int]) -> int:
@@ -800,4 +818,14 @@ class Ledger:
         return sum(len(entries) for p in partitions for entries in self._held.get(p, {}).values())
 
 
-__all__ = ["HoldPolicy", "Ledger", "Marker", "Outcome", "Output", "Result", "Role"]
+__all__ = [
+    "HoldPolicy",
+    "Ledger",
+    "Marker",
+    "Outcome",
+    "Output",
+    "Result",
+    "Role",
+    "StatusTotals",
+    "TenantStatus",
+]

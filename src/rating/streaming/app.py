@@ -520,11 +520,11 @@ def _register_timers(p: Pipeline) -> None:
 def _update_gauges(p: Pipeline) -> None:
     m = p.metrics
     owned = p.owned_ledger_partitions()
-    tenants, below, exhausted, outstanding = p.ledger.status(owned)
-    m.tenants.set(tenants)
-    m.tenants_below_trigger.set(below)
-    m.tenants_exhausted.set(exhausted)
-    m.recharge_outstanding.set(outstanding)
+    status = p.ledger.status(owned)
+    m.tenants.set(status.tenants)
+    m.tenants_below_trigger.set(status.below_trigger)
+    m.tenants_exhausted.set(status.exhausted)
+    m.recharge_outstanding.set(status.outstanding)
     m.messages_held_now.set(p.ledger.held_total(owned))
     # Only the topics this pipeline consumes: changelogs and Faust's own are noise here.
     consumed = set(p.kind_by_topic) | {p.topics["ledger"].get_topic_name()}
