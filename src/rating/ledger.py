@@ -11,12 +11,13 @@ keeps their order (encoding: :mod:`rating.keys`: each id is escaped, ``%`` -> ``
 - ``a/{tenant}``             the account, plus ``lo``: the ledger offset that last changed it
 - ``c/{tenant}/{cdr_id}``    a charge marker (:class:`Marker`): ``lo`` (the ledger offset that
   charged it), ``amt``, ``exp``; ~45 bytes, no outputs
-- ``f/{tenant}/{event_id}``  a funds marker: ``lo`` only
-- ``o/{tenant}/{offset}``    the outbox: the outputs of the ledger record at ``offset`` for that
-  tenant, kept only until they are published
+- ``f/{tenant}/{event_id}``  a funds marker (:class:`Marker`): ``lo`` only
+- ``o/{tenant}/{offset}``    the outbox (:class:`OutboxEntry`): the outputs of the ledger record
+  at ``offset`` for that tenant, kept only until they are published
 - ``h/{tenant}/{offset}``    a CDR or funds event held until the tenant's first settings
-- ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product, recent activity
-  (:mod:`rating.usage`): written after the markers and before the account, each row once per
+  (:class:`Held`)
+- ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product
+  (:class:`rating.usage.UsageRow`), recent activity (:mod:`rating.usage`): written after the markers and before the account, each row once per
   record and only if its ``lo`` is older than the record's, so a crash prefix never counts a
   charge twice or loses one
 
@@ -276,6 +277,59 @@ class Marker:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """``o/{tenant}/{offset}``: the outputs of one ledger record for one tenant, kept only
+    until they are published (module docstring, "The outbox").
+
+    Stored packed, ``{"out": [[role code, value], ...]}``: a role is one letter and the key,
+    which is the tenant's, is left out; a third item ``null`` stands for a null key (a
+    rejection of a message that had none). State version 3, like the account."""
+
+    tenant: str
+    outputs: list[Output]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": _pack(self.tenant, self.outputs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], tenant: str) -> OutboxEntry:
+        return cls(tenant, _unpack(tenant, d["out"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """``h/{tenant}/{offset}``: a CDR or funds event held until its tenant's first settings.
+
+    ``lo``: the ledger offset it arrived at; ``at``: when (epoch seconds), for the hold's
+    deadline; ``env``: the message. ``legacy_rejection``: state version 2 kept a tick's
+    rejection of the message here (``rej``), read to republish a replay of that tick; never
+    written."""
+
+    lo: int
+    at: int | None
+    env: Envelope | None
+    legacy_rejection: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lo": self.lo,
+            "at": self.at,
+            "env": None if self.env is None else self.env.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Held:
+        env = d.get("env")
+        at = d.get("at")
+        return cls(
+            lo=int(d["lo"]),
+            at=None if at is None else int(at),
+            env=None if env is None else Envelope.from_dict(env),
+            legacy_rejection=d.get("rej"),
+        )
+
+
 def _epoch(t: datetime) -> int:
     return int(t.timestamp())
 
@@ -316,7 +370,7 @@ class _Writes:
     account: Account | None
     lo: int  # the stored account's ``lo`` before this record (-1: no account)
     outbox: list[Output] = field(default_factory=list)  # outputs to keep until published
-    marks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    marks: dict[str, Marker | Held] = field(default_factory=dict)
     save_lo: int | None = None  # set when the account changed: the ``lo`` to store
     deletes: list[str] = field(default_factory=list)
     # Markers applied by this record (written, or repaired): a second message with the same
@@ -392,13 +446,22 @@ class Ledger:
         account, lo = self._load(tenant)
         return _Writes(partition, offset, now, tenant, account, lo)
 
-    def _get(self, w: _Writes, key: str) -> Any:
-        return w.marks[key] if key in w.marks else self.store.get(key)
+    def _marker(self, w: _Writes, key: str) -> Marker | None:
+        """The marker at ``key``: this record's own (not written yet), else the stored one."""
+        mine = w.marks.get(key)
+        if isinstance(mine, Marker):
+            return mine
+        raw = self.store.get(key)
+        return None if raw is None else Marker.from_dict(raw)
+
+    def _held_entry(self, key: str) -> Held | None:
+        raw = self.store.get(key)
+        return None if raw is None else Held.from_dict(raw)
 
     def _commit(self, w: _Writes) -> None:
         if w.outbox:
             okey = outbox_key(w.tenant, w.offset)
-            self.store[okey] = {"out": _pack(w.tenant, w.outbox)}
+            self.store[okey] = OutboxEntry(w.tenant, w.outbox).to_dict()
             self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
         for key, value in w.marks.items():
             self._mark(w.partition, key, value)
@@ -445,10 +508,10 @@ class Ledger:
         else:
             tenants[account.tenant_id] = due
 
-    def _mark(self, partition: int, key: str, marker: dict[str, Any]) -> None:
-        self.store[key] = marker
-        if "exp" in marker:
-            heapq.heappush(self._expiry.setdefault(partition, []), (marker["exp"], key))
+    def _mark(self, partition: int, key: str, marker: Marker | Held) -> None:
+        self.store[key] = marker.to_dict()
+        if isinstance(marker, Marker) and marker.exp is not None:
+            heapq.heappush(self._expiry.setdefault(partition, []), (marker.exp, key))
 
     # --- messages -------------------------------------------------------------------------
 
@@ -507,7 +570,8 @@ class Ledger:
         if entry is not None:
             # Deleted with this batch's entries once published (the index may predate it).
             self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
-            return Result(outcome=Outcome.REPLAYED, outputs=_unpack(w.tenant, entry["out"]))
+            outputs = OutboxEntry.from_dict(entry, w.tenant).outputs
+            return Result(outcome=Outcome.REPLAYED, outputs=outputs)
         return Result(outcome=Outcome.REPLAYED, outputs=_unpack(w.tenant, legacy or []))
 
     def _seen(self, w: _Writes, mkey: str, marker: Marker, duplicate_outcome: Outcome) -> Result:
@@ -532,14 +596,16 @@ class Ledger:
                 f"ledger partition {w.partition}, max {self.hold.max_per_partition})"
             )
             return self._reject(env, RejectReason.UNKNOWN_TENANT, detail, w.now)
-        held = {"lo": w.offset, "at": _epoch(w.now), "env": env.to_dict()}
+        held = Held(w.offset, _epoch(w.now), env)
         w.marks[key] = held
-        self._index_held(w.partition, key, held)
+        self._index_held(w.partition, key, held.lo, held.at)
         return Result(outcome=Outcome.HELD, topic=env.source.topic)
 
-    def _index_held(self, partition: int, key: str, held: dict[str, Any]) -> None:
+    def _index_held(self, partition: int, key: str, lo: int, at: int | None) -> None:
+        if at is None:  # only version-2 rejected entries lack it, and they are not indexed
+            raise ValueError(f"held message {key!r} has no arrival time")
         entries = self._held.setdefault(partition, {}).setdefault(tenant_of(key), [])
-        entries.append((int(held["lo"]), key, int(held["at"]) + self.hold.seconds))
+        entries.append((lo, key, at + self.hold.seconds))
         entries.sort()
 
     def _unhold(self, partition: int, tenant: str, keys: set[str]) -> None:
@@ -553,11 +619,11 @@ class Ledger:
     def _apply_held(self, w: _Writes, result: Result) -> None:
         """The tenant was just created: apply its held messages in arrival order."""
         for _, key, _ in list(self._held.get(w.partition, {}).get(w.tenant, [])):
-            held = self.store.get(key)
+            held = self._held_entry(key)
             w.deletes.append(key)
-            if held is None or "env" not in held:
+            if held is None or held.env is None:
                 continue
-            env = Envelope.from_dict(held["env"])
+            env = held.env
             model = self._parse(env, w.now)
             if isinstance(model, CDR):
                 part = self._cdr(w, env, model)
@@ -576,8 +642,7 @@ class Ledger:
         tenant, account, lo, now = w.tenant, w.account, w.lo, w.now
         assert account is not None  # held otherwise
         mkey = charge_key(tenant, cdr.cdr_id)
-        raw = self._get(w, mkey)
-        marker = None if raw is None else Marker.from_dict(raw)
+        marker = self._marker(w, mkey)
         if marker is not None and (marker.lo <= lo or mkey in w.applied):
             result = self._seen(w, mkey, marker, Outcome.DUPLICATE)
             result.product = cdr.product.value
@@ -612,7 +677,7 @@ class Ledger:
         outputs = [Output(Role.CHARGES, tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)
-        w.marks[mkey] = Marker(w.offset, rated.amount, expires).to_dict()
+        w.marks[mkey] = Marker(w.offset, rated.amount, expires)
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, charge=charge)
@@ -630,8 +695,7 @@ class Ledger:
         tenant, account, lo = w.tenant, w.account, w.lo
         assert account is not None  # held otherwise
         mkey = funds_key(tenant, event.event_id)
-        raw = self._get(w, mkey)
-        marker = None if raw is None else Marker.from_dict(raw)
+        marker = self._marker(w, mkey)
         if marker is not None and (marker.lo <= lo or mkey in w.applied):
             result = self._seen(w, mkey, marker, Outcome.FUNDS_DUPLICATE)
             result.funds = event
@@ -648,7 +712,7 @@ class Ledger:
         outputs = _effects_outputs(tenant, effects)
         # Funds markers never expire: a funds event has no time of its own to call it stale
         # by, re-reading billing.funds must never credit twice, and funds are few.
-        w.marks[mkey] = Marker(w.offset).to_dict()
+        w.marks[mkey] = Marker(w.offset)
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, funds=event)
@@ -709,7 +773,7 @@ class Ledger:
             # Republish only what landed: the tenant's account caught up with this tick, or
             # a tenant without account (held messages this tick rejected).
             if entry is not None and (lo == -1 or lo >= offset):
-                result.outputs += _unpack(tenant, entry["out"])
+                result.outputs += OutboxEntry.from_dict(entry, tenant).outputs
         heap = self._expiry.get(partition, [])
         cutoff = _epoch(now)
         expired = 0
@@ -728,11 +792,16 @@ class Ledger:
         legacy = self._legacy_rejected.setdefault(partition, {})
         for tick_offset in [o for o in legacy if o <= offset]:
             for key in legacy.pop(tick_offset):
-                held = self.store.get(key)
-                if tick_offset == offset and held is not None and "rej" in held:
+                held = self._held_entry(key)
+                if (
+                    tick_offset == offset
+                    and held is not None
+                    and held.env is not None
+                    and held.legacy_rejection is not None
+                ):
                     # A replay of a tick that a version-2 worker applied: publish it again.
-                    env = Envelope.from_dict(held["env"])
-                    out = Output(Role.REJECTED, env.source.key, held["rej"].encode())
+                    key_of = held.env.source.key
+                    out = Output(Role.REJECTED, key_of, held.legacy_rejection.encode())
                     result.outputs.append(out)
         cutoff = _epoch(now)
         by_tenant = self._held.get(partition, {})
@@ -749,11 +818,11 @@ class Ledger:
             # The rejections go to this tick's outbox entry, then the held keys are deleted.
             w = _Writes(partition, offset, now, tenant, None, -1)
             for _, key, _ in late:
-                held = self.store.get(key)
+                held = self._held_entry(key)
                 w.deletes.append(key)
-                if held is None or "env" not in held:
+                if held is None or held.env is None:
                     continue
-                env = Envelope.from_dict(held["env"])
+                env = held.env
                 detail = (
                     f"tenant_id {tenant!r} has no settings (no account): held "
                     f"{self.hold.seconds}s (RATING_UNKNOWN_TENANT_HOLD_SECONDS) without settings"
@@ -786,7 +855,9 @@ class Ledger:
                 if "rej" in value:  # state version 2: a rejection kept for a replayed tick
                     self._legacy_rejected[partition].setdefault(value["lo"], []).append(key)
                 else:
-                    self._index_held(partition, key, value)
+                    at = value.get("at")
+                    lo = int(value["lo"])
+                    self._index_held(partition, key, lo, None if at is None else int(at))
         heapq.heapify(heap)
         self._expiry[partition] = heap
 
@@ -819,9 +890,11 @@ class Ledger:
 
 
 __all__ = [
+    "Held",
     "HoldPolicy",
     "Ledger",
     "Marker",
+    "OutboxEntry",
     "Outcome",
     "Output",
     "Result",
