@@ -17,9 +17,13 @@ keeps their order (encoding: :mod:`rating.keys`: each id is escaped, ``%`` -> ``
 - ``h/{tenant}/{offset}``    a CDR or funds event held until the tenant's first settings
   (:class:`Held`)
 - ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product
-  (:class:`rating.usage.UsageRow`), recent activity (:mod:`rating.usage`): written after the markers and before the account, each row once per
-  record and only if its ``lo`` is older than the record's, so a crash prefix never counts a
-  charge twice or loses one
+  (:class:`rating.usage.UsageRow`), recent activity (:mod:`rating.usage`): written after the
+  markers and before the account, each row once per record and only if its ``lo`` is older
+  than the record's, so a crash prefix never counts a charge twice or loses one
+
+Markers, outbox entries and held entries carry no version of their own (a marker is ~45
+bytes, and there is one per remembered CDR): their shape is that of the account's state
+version, and ``from_dict`` reads version 2's as well (below).
 
 Exactly once in effect, without Kafka transactions:
 
