@@ -99,7 +99,6 @@ nothing. Version-2 workers refuse version-3 accounts: do not run both versions a
 from __future__ import annotations
 
 import heapq
-import logging
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -113,6 +112,7 @@ from rating.contracts import (
     CDR,
     Charge,
     FundsEvent,
+    Rejection,
     RejectReason,
     TenantSettings,
     format_money,
@@ -131,6 +131,7 @@ from rating.domain.account import (
 from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import summarize_validation_error
+from rating.error_policy import park
 from rating.ingest import MODELS, Envelope, make_rejection
 from rating.keys import (
     KeyKind,
@@ -145,8 +146,6 @@ from rating.keys import (
     tenant_of,
 )
 from rating.usage import record_activity
-
-log = logging.getLogger(__name__)
 
 
 class Role(StrEnum):
@@ -332,6 +331,16 @@ class Held:
             env=None if env is None else Envelope.from_dict(env),
             legacy_rejection=d.get("rej"),
         )
+
+
+def rejected(rej: Rejection, key: bytes | None) -> Result:
+    """The Result that publishes ``rej`` (keyed ``key``, the rejected message's own key)."""
+    return Result(
+        outcome=Outcome.REJECTED,
+        reason=rej.reason,
+        topic=rej.source_topic,
+        outputs=[Output(Role.REJECTED, key, rej.model_dump_json().encode())],
+    )
 
 
 def _epoch(t: datetime) -> int:
@@ -523,11 +532,10 @@ class Ledger:
         try:
             return self._handle(env, partition, offset, now)
         except Exception as exc:
-            # A bug must not stall the tenant's partition. A record's state is written only
-            # after all of its checks (see _Writes), so nothing half-done is left behind.
-            log.exception("ledger failed on %s", env.source.ref)
-            detail = f"internal error {type(exc).__name__}: {exc}"
-            return self._reject(env, RejectReason.INTERNAL_ERROR, detail, now)
+            # Parked (rating.error_policy), with the original message. A record's state is
+            # written only after all of its checks (see _Writes): nothing half-done is left.
+            rej = park("ledger", exc, env.source, env.payload, now, context="internal error ")
+            return rejected(rej, env.source.key)
 
     def _handle(self, env: Envelope, partition: int, offset: int, now: datetime) -> Result:
         model = self._parse(env, now)
@@ -549,12 +557,7 @@ class Ledger:
 
     def _reject(self, env: Envelope, reason: RejectReason, detail: str, now: datetime) -> Result:
         rej = make_rejection(env.source, env.payload, reason, detail, now)
-        return Result(
-            outcome=Outcome.REJECTED,
-            reason=reason,
-            topic=env.source.topic,
-            outputs=[Output(Role.REJECTED, env.source.key, rej.model_dump_json().encode())],
-        )
+        return rejected(rej, env.source.key)
 
     def _parse(self, env: Envelope, now: datetime) -> CDR | FundsEvent | TenantSettings | Result:
         try:
@@ -905,4 +908,5 @@ __all__ = [
     "Role",
     "StatusTotals",
     "TenantStatus",
+    "rejected",
 ]

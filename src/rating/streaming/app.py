@@ -30,8 +30,9 @@ from rating import __version__
 from rating.contracts import Rejection, RejectReason
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
-from rating.ingest import Envelope, Kind, Source, make_rejection, validate
-from rating.ledger import HoldPolicy, Ledger, Outcome, Output, Result, Role
+from rating.error_policy import park
+from rating.ingest import Envelope, Kind, Source, validate
+from rating.ledger import HoldPolicy, Ledger, Outcome, Output, Result, Role, rejected
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
@@ -143,27 +144,15 @@ class Pipeline:
         """One ledger record -> its Result (state written through the table store).
 
         Whatever goes wrong with one record (an undecodable record, a bug in indexing or in
-        the ledger) parks that record as ``internal_error`` and the partition moves on."""
+        the ledger) parks that record as ``internal_error`` (``rating.error_policy``) and the
+        partition moves on."""
         try:
             result, started = self._apply(msg)
         except Exception as exc:
-            log.exception("ledger record failed at %s:%s:%s", msg.topic, msg.partition, msg.offset)
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
-            rej = make_rejection(
-                source,
-                msg.value or b"",
-                RejectReason.INTERNAL_ERROR,
-                f"ledger record: {type(exc).__name__}: {exc}",
-                self.clock.now(),
-            )
-            out = Output(Role.REJECTED, msg.key, rej.model_dump_json().encode())
-            result = Result(
-                outcome=Outcome.REJECTED,
-                reason=RejectReason.INTERNAL_ERROR,
-                topic=msg.topic,
-                outputs=[out],
-            )
-            started = None
+            now = self.clock.now()
+            rej = park("ledger", exc, source, msg.value, now, context="ledger record: ")
+            result, started = rejected(rej, msg.key), None
         for part in result.all():
             if part.reason is RejectReason.INTERNAL_ERROR:
                 self.metrics.internal_errors.labels("ledger").inc()
@@ -202,16 +191,9 @@ class Pipeline:
                 consumed[msg.topic] += 1
             try:
                 checked = validate(kind, source, msg.value, now)
-            except Exception as exc:  # a bug: park the message, keep the partition moving
-                log.exception("ingest failed at %s", source.ref)
+            except Exception as exc:  # a bug: parked (rating.error_policy)
                 m.internal_errors.labels("ingest").inc()
-                checked = make_rejection(
-                    source,
-                    msg.value or b"",
-                    RejectReason.INTERNAL_ERROR,
-                    f"{type(exc).__name__}: {exc}",
-                    now,
-                )
+                checked = park("ingest", exc, source, msg.value, now)
             if isinstance(checked, Rejection):
                 rejected[(msg.topic, checked.reason.value)] += 1
                 out.append((Role.REJECTED, msg.key, checked.model_dump_json().encode()))
