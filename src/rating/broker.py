@@ -107,22 +107,30 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        log_file, self._log_file = self._log_file, None
+        stop_child(proc, log_file, timeout)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def stop_child(
+    proc: subprocess.Popen[bytes] | None, log_file: IO[bytes] | None, timeout: float
+) -> None:
+    """Stop a broker process this module or ``kafka_local`` started: SIGTERM (a controlled
+    shutdown), wait ``timeout``, then SIGKILL; always reap; then close its log file."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    if log_file is not None:
+        log_file.close()
 
 
 def run_foreground(host: str, port: int) -> int:

@@ -13,7 +13,6 @@ import asyncio
 import base64
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from rating.broker import BrokerError, free_port, wait_for_port, wait_in_foreground
+from rating.broker import BrokerError, free_port, stop_child, wait_for_port, wait_in_foreground
 
 REPO = Path(__file__).resolve().parents[2]
 POM = REPO / "kafka" / "pom.xml"
@@ -246,16 +245,8 @@ class LocalKafka:
 
     def stop(self, timeout: float = 30.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # controlled shutdown
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+        log_file, self._log_file = self._log_file, None
+        stop_child(proc, log_file, timeout)
         if self._data is not None:
             shutil.rmtree(self._data, ignore_errors=True)
             self._data = None

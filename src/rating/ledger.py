@@ -11,14 +11,19 @@ keeps their order (encoding: :mod:`rating.keys`: each id is escaped, ``%`` -> ``
 - ``a/{tenant}``             the account, plus ``lo``: the ledger offset that last changed it
 - ``c/{tenant}/{cdr_id}``    a charge marker (:class:`Marker`): ``lo`` (the ledger offset that
   charged it), ``amt``, ``exp``; ~45 bytes, no outputs
-- ``f/{tenant}/{event_id}``  a funds marker: ``lo`` only
-- ``o/{tenant}/{offset}``    the outbox: the outputs of the ledger record at ``offset`` for that
-  tenant, kept only until they are published
+- ``f/{tenant}/{event_id}``  a funds marker (:class:`Marker`): ``lo`` only
+- ``o/{tenant}/{offset}``    the outbox (:class:`OutboxEntry`): the outputs of the ledger record
+  at ``offset`` for that tenant, kept only until they are published
 - ``h/{tenant}/{offset}``    a CDR or funds event held until the tenant's first settings
-- ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product, recent activity
-  (:mod:`rating.usage`): written after the markers and before the account, each row once per
-  record and only if its ``lo`` is older than the record's, so a crash prefix never counts a
-  charge twice or loses one
+  (:class:`Held`)
+- ``u/{tenant}/{day}/{product}``, ``r/{tenant}``  usage per day and product
+  (:class:`rating.usage.UsageRow`), recent activity (:mod:`rating.usage`): written after the
+  markers and before the account, each row once per record and only if its ``lo`` is older
+  than the record's, so a crash prefix never counts a charge twice or loses one
+
+Markers, outbox entries and held entries carry no version of their own (a marker is ~45
+bytes, and there is one per remembered CDR): their shape is that of the account's state
+version, and ``from_dict`` reads version 2's as well (below).
 
 Exactly once in effect, without Kafka transactions:
 
@@ -94,12 +99,12 @@ nothing. Version-2 workers refuse version-3 accounts: do not run both versions a
 from __future__ import annotations
 
 import heapq
-import logging
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -107,6 +112,7 @@ from rating.contracts import (
     CDR,
     Charge,
     FundsEvent,
+    Rejection,
     RejectReason,
     TenantSettings,
     format_money,
@@ -125,6 +131,7 @@ from rating.domain.account import (
 from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import summarize_validation_error
+from rating.error_policy import park
 from rating.ingest import MODELS, Envelope, make_rejection
 from rating.keys import (
     KeyKind,
@@ -140,10 +147,43 @@ from rating.keys import (
 )
 from rating.usage import record_activity
 
-log = logging.getLogger(__name__)
 
-Role = Literal["charges", "recharge", "balance", "rejected"]
-_ROLE_CODES: dict[Role, str] = {"charges": "c", "recharge": "r", "balance": "b", "rejected": "x"}
+class Role(StrEnum):
+    """Where a record the worker produces goes; the adapter maps each role to its topic
+    (``Pipeline.sinks``). The ledger's outputs have the last four; ``LEDGER`` is ingest's:
+    the ledger topic itself (ingest also produces ``REJECTED``)."""
+
+    LEDGER = "ledger"
+    CHARGES = "charges"
+    RECHARGE = "recharge"
+    BALANCE = "balance"
+    REJECTED = "rejected"
+
+
+class Outcome(StrEnum):
+    """What one ledger message did (``Result.outcome``); the metrics branch on it."""
+
+    IGNORED = "ignored"  # nothing to do (a fully applied settings record without outputs)
+    CHARGED = "charged"
+    REPAIRED = "repaired"  # charged again: its first attempt landed the marker, not the account
+    REPLAYED = "replayed"  # a fully applied record again: its outbox entry is republished
+    DUPLICATE = "duplicate"  # a CDR charged at another ledger offset
+    FUNDS = "funds"
+    FUNDS_DUPLICATE = "funds_duplicate"
+    SETTINGS = "settings"
+    HELD = "held"  # kept until the tenant's first settings
+    HELD_AGAIN = "held_again"  # a replay of a held message
+    REJECTED = "rejected"
+    TICK = "tick"
+
+
+# The outbox stores a role as one letter (state version 3).
+_ROLE_CODES: dict[Role, str] = {
+    Role.CHARGES: "c",
+    Role.RECHARGE: "r",
+    Role.BALANCE: "b",
+    Role.REJECTED: "x",
+}
 _CODE_ROLES: dict[str, Role] = {v: k for k, v in _ROLE_CODES.items()}
 
 #: Markers outlive the stale cut-off by this much, so a worker whose clock is a little
@@ -162,6 +202,24 @@ class HoldPolicy:
     max_per_partition: int = 100_000
 
 
+class TenantStatus(NamedTuple):
+    """One tenant's figures for the gauges, kept in memory per owned tenant."""
+
+    partition: int
+    below_trigger: bool
+    exhausted: bool
+    outstanding: bool
+
+
+class StatusTotals(NamedTuple):
+    """:meth:`Ledger.status`: the gauges' figures over a set of partitions."""
+
+    tenants: int
+    below_trigger: int
+    exhausted: int
+    outstanding: int
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     role: Role
@@ -173,7 +231,7 @@ class Output:
 class Result:
     """What one ledger message did: outputs to publish plus facts for the metrics."""
 
-    outcome: str = "ignored"
+    outcome: Outcome = Outcome.IGNORED
     outputs: list[Output] = field(default_factory=list)
     reason: RejectReason | None = None
     charge: Charge | None = None
@@ -222,14 +280,79 @@ class Marker:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """``o/{tenant}/{offset}``: the outputs of one ledger record for one tenant, kept only
+    until they are published (module docstring, "The outbox").
+
+    Stored packed, ``{"out": [[role code, value], ...]}``: a role is one letter and the key,
+    which is the tenant's, is left out; a third item ``null`` stands for a null key (a
+    rejection of a message that had none). State version 3, like the account."""
+
+    tenant: str
+    outputs: list[Output]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": _pack(self.tenant, self.outputs)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], tenant: str) -> OutboxEntry:
+        return cls(tenant, _unpack(tenant, d["out"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """``h/{tenant}/{offset}``: a CDR or funds event held until its tenant's first settings.
+
+    ``lo``: the ledger offset it arrived at; ``at``: when (epoch seconds), for the hold's
+    deadline; ``env``: the message. ``legacy_rejection``: state version 2 kept a tick's
+    rejection of the message here (``rej``), read to republish a replay of that tick; never
+    written."""
+
+    lo: int
+    at: int | None
+    env: Envelope | None
+    legacy_rejection: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lo": self.lo,
+            "at": self.at,
+            "env": None if self.env is None else self.env.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Held:
+        env = d.get("env")
+        at = d.get("at")
+        return cls(
+            lo=int(d["lo"]),
+            at=None if at is None else int(at),
+            env=None if env is None else Envelope.from_dict(env),
+            legacy_rejection=d.get("rej"),
+        )
+
+
+def rejected(rej: Rejection, key: bytes | None) -> Result:
+    """The Result that publishes ``rej`` (keyed ``key``, the rejected message's own key)."""
+    return Result(
+        outcome=Outcome.REJECTED,
+        reason=rej.reason,
+        topic=rej.source_topic,
+        outputs=[Output(Role.REJECTED, key, rej.model_dump_json().encode())],
+    )
+
+
 def _epoch(t: datetime) -> int:
     return int(t.timestamp())
 
 
 def _effects_outputs(tenant: str, effects: Effects) -> list[Output]:
     key = tenant.encode()
-    out = [Output("recharge", key, c.model_dump_json().encode()) for c in effects.recharge_commands]
-    out += [Output("balance", key, e.model_dump_json().encode()) for e in effects.balance_events]
+    out = [
+        Output(Role.RECHARGE, key, c.model_dump_json().encode()) for c in effects.recharge_commands
+    ]
+    out += [Output(Role.BALANCE, key, e.model_dump_json().encode()) for e in effects.balance_events]
     return out
 
 
@@ -260,7 +383,7 @@ class _Writes:
     account: Account | None
     lo: int  # the stored account's ``lo`` before this record (-1: no account)
     outbox: list[Output] = field(default_factory=list)  # outputs to keep until published
-    marks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    marks: dict[str, Marker | Held] = field(default_factory=dict)
     save_lo: int | None = None  # set when the account changed: the ``lo`` to store
     deletes: list[str] = field(default_factory=list)
     # Markers applied by this record (written, or repaired): a second message with the same
@@ -305,8 +428,8 @@ class Ledger:
         self.hold = hold or HoldPolicy()
         # In-memory indexes, rebuilt from the store after a rebalance (see rebuild_index).
         self._due: dict[int, dict[str, datetime]] = {}
-        # tenant -> (partition, below trigger, exhausted, outstanding) for the gauges.
-        self._status: dict[str, tuple[int, bool, bool, bool]] = {}
+        # tenant -> its figures for the gauges.
+        self._status: dict[str, TenantStatus] = {}
         self._expiry: dict[int, list[tuple[int, str]]] = {}
         # partition -> tenant -> [(ledger offset, key, deadline epoch)] of held messages.
         self._held: dict[int, dict[str, list[tuple[int, str, int]]]] = {}
@@ -336,13 +459,22 @@ class Ledger:
         account, lo = self._load(tenant)
         return _Writes(partition, offset, now, tenant, account, lo)
 
-    def _get(self, w: _Writes, key: str) -> Any:
-        return w.marks[key] if key in w.marks else self.store.get(key)
+    def _marker(self, w: _Writes, key: str) -> Marker | None:
+        """The marker at ``key``: this record's own (not written yet), else the stored one."""
+        mine = w.marks.get(key)
+        if isinstance(mine, Marker):
+            return mine
+        raw = self.store.get(key)
+        return None if raw is None else Marker.from_dict(raw)
+
+    def _held_entry(self, key: str) -> Held | None:
+        raw = self.store.get(key)
+        return None if raw is None else Held.from_dict(raw)
 
     def _commit(self, w: _Writes) -> None:
         if w.outbox:
             okey = outbox_key(w.tenant, w.offset)
-            self.store[okey] = {"out": _pack(w.tenant, w.outbox)}
+            self.store[okey] = OutboxEntry(w.tenant, w.outbox).to_dict()
             self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
         for key, value in w.marks.items():
             self._mark(w.partition, key, value)
@@ -376,7 +508,7 @@ class Ledger:
 
     def _track(self, partition: int, account: Account) -> None:
         below = account.auto_recharge_enabled and account.balance < account.trigger_balance
-        self._status[account.tenant_id] = (
+        self._status[account.tenant_id] = TenantStatus(
             partition,
             below,
             account.balance <= 0,
@@ -389,10 +521,10 @@ class Ledger:
         else:
             tenants[account.tenant_id] = due
 
-    def _mark(self, partition: int, key: str, marker: dict[str, Any]) -> None:
-        self.store[key] = marker
-        if "exp" in marker:
-            heapq.heappush(self._expiry.setdefault(partition, []), (marker["exp"], key))
+    def _mark(self, partition: int, key: str, marker: Marker | Held) -> None:
+        self.store[key] = marker.to_dict()
+        if isinstance(marker, Marker) and marker.exp is not None:
+            heapq.heappush(self._expiry.setdefault(partition, []), (marker.exp, key))
 
     # --- messages -------------------------------------------------------------------------
 
@@ -400,11 +532,10 @@ class Ledger:
         try:
             return self._handle(env, partition, offset, now)
         except Exception as exc:
-            # A bug must not stall the tenant's partition. A record's state is written only
-            # after all of its checks (see _Writes), so nothing half-done is left behind.
-            log.exception("ledger failed on %s", env.source.ref)
-            detail = f"internal error {type(exc).__name__}: {exc}"
-            return self._reject(env, RejectReason.INTERNAL_ERROR, detail, now)
+            # Parked (rating.error_policy), with the original message. A record's state is
+            # written only after all of its checks (see _Writes): nothing half-done is left.
+            rej = park("ledger", exc, env.source, env.payload, now, context="internal error ")
+            return rejected(rej, env.source.key)
 
     def _handle(self, env: Envelope, partition: int, offset: int, now: datetime) -> Result:
         model = self._parse(env, now)
@@ -426,12 +557,7 @@ class Ledger:
 
     def _reject(self, env: Envelope, reason: RejectReason, detail: str, now: datetime) -> Result:
         rej = make_rejection(env.source, env.payload, reason, detail, now)
-        return Result(
-            outcome="rejected",
-            reason=reason,
-            topic=env.source.topic,
-            outputs=[Output("rejected", env.source.key, rej.model_dump_json().encode())],
-        )
+        return rejected(rej, env.source.key)
 
     def _parse(self, env: Envelope, now: datetime) -> CDR | FundsEvent | TenantSettings | Result:
         try:
@@ -451,10 +577,11 @@ class Ledger:
         if entry is not None:
             # Deleted with this batch's entries once published (the index may predate it).
             self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
-            return Result(outcome="replayed", outputs=_unpack(w.tenant, entry["out"]))
-        return Result(outcome="replayed", outputs=_unpack(w.tenant, legacy or []))
+            outputs = OutboxEntry.from_dict(entry, w.tenant).outputs
+            return Result(outcome=Outcome.REPLAYED, outputs=outputs)
+        return Result(outcome=Outcome.REPLAYED, outputs=_unpack(w.tenant, legacy or []))
 
-    def _seen(self, w: _Writes, mkey: str, marker: Marker, duplicate_outcome: str) -> Result:
+    def _seen(self, w: _Writes, mkey: str, marker: Marker, duplicate_outcome: Outcome) -> Result:
         """A marker the account has caught up with: a replay of its record, or a duplicate."""
         if marker.lo == w.offset and mkey not in w.applied:
             return self._replayed(w, marker.legacy)
@@ -465,7 +592,7 @@ class Ledger:
     def _hold(self, w: _Writes, env: Envelope) -> Result:
         key = held_key(w.tenant, str(w.offset))
         if self.store.get(key) is not None:
-            return Result(outcome="held_again", topic=env.source.topic)  # a replay
+            return Result(outcome=Outcome.HELD_AGAIN, topic=env.source.topic)  # a replay
         by_tenant = self._held.setdefault(w.partition, {})
         mine = len(by_tenant.get(w.tenant, ()))
         total = sum(len(v) for v in by_tenant.values())
@@ -476,14 +603,16 @@ class Ledger:
                 f"ledger partition {w.partition}, max {self.hold.max_per_partition})"
             )
             return self._reject(env, RejectReason.UNKNOWN_TENANT, detail, w.now)
-        held = {"lo": w.offset, "at": _epoch(w.now), "env": env.to_dict()}
+        held = Held(w.offset, _epoch(w.now), env)
         w.marks[key] = held
-        self._index_held(w.partition, key, held)
-        return Result(outcome="held", topic=env.source.topic)
+        self._index_held(w.partition, key, held.lo, held.at)
+        return Result(outcome=Outcome.HELD, topic=env.source.topic)
 
-    def _index_held(self, partition: int, key: str, held: dict[str, Any]) -> None:
+    def _index_held(self, partition: int, key: str, lo: int, at: int | None) -> None:
+        if at is None:  # only version-2 rejected entries lack it, and they are not indexed
+            raise ValueError(f"held message {key!r} has no arrival time")
         entries = self._held.setdefault(partition, {}).setdefault(tenant_of(key), [])
-        entries.append((int(held["lo"]), key, int(held["at"]) + self.hold.seconds))
+        entries.append((lo, key, at + self.hold.seconds))
         entries.sort()
 
     def _unhold(self, partition: int, tenant: str, keys: set[str]) -> None:
@@ -497,11 +626,11 @@ class Ledger:
     def _apply_held(self, w: _Writes, result: Result) -> None:
         """The tenant was just created: apply its held messages in arrival order."""
         for _, key, _ in list(self._held.get(w.partition, {}).get(w.tenant, [])):
-            held = self.store.get(key)
+            held = self._held_entry(key)
             w.deletes.append(key)
-            if held is None or "env" not in held:
+            if held is None or held.env is None:
                 continue
-            env = Envelope.from_dict(held["env"])
+            env = held.env
             model = self._parse(env, w.now)
             if isinstance(model, CDR):
                 part = self._cdr(w, env, model)
@@ -520,10 +649,9 @@ class Ledger:
         tenant, account, lo, now = w.tenant, w.account, w.lo, w.now
         assert account is not None  # held otherwise
         mkey = charge_key(tenant, cdr.cdr_id)
-        raw = self._get(w, mkey)
-        marker = None if raw is None else Marker.from_dict(raw)
+        marker = self._marker(w, mkey)
         if marker is not None and (marker.lo <= lo or mkey in w.applied):
-            result = self._seen(w, mkey, marker, "duplicate")
+            result = self._seen(w, mkey, marker, Outcome.DUPLICATE)
             result.product = cdr.product.value
             return result
         # No marker, or one ahead of the account (docstring, 3): charge it afresh. If this is
@@ -549,21 +677,21 @@ class Ledger:
             return self._reject(env, rated.reason, rated.detail, now)
         if marker is None and w.offset <= lo:
             # Applied by an earlier delivery whose marker has since expired.
-            return Result(outcome="duplicate", product=cdr.product.value)
+            return Result(outcome=Outcome.DUPLICATE, product=cdr.product.value)
         account, effects = apply_charge(account, rated.amount, now, self.policy)
         charge = rated.model_copy(update={"balance_after": account.balance})
         charge_json = charge.model_dump_json(exclude_none=True).encode()
-        outputs = [Output("charges", tenant.encode(), charge_json)]
+        outputs = [Output(Role.CHARGES, tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)
-        w.marks[mkey] = Marker(w.offset, rated.amount, expires).to_dict()
+        w.marks[mkey] = Marker(w.offset, rated.amount, expires)
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, charge=charge)
         call_end = cdr.call_start + timedelta(seconds=cdr.duration_seconds)
         # "repaired": this record's first attempt landed its marker but not the account.
         return Result(
-            outcome="repaired" if own else "charged",
+            outcome=Outcome.REPAIRED if own else Outcome.CHARGED,
             outputs=outputs,
             charge=charge,
             call_end=call_end,
@@ -574,10 +702,9 @@ class Ledger:
         tenant, account, lo = w.tenant, w.account, w.lo
         assert account is not None  # held otherwise
         mkey = funds_key(tenant, event.event_id)
-        raw = self._get(w, mkey)
-        marker = None if raw is None else Marker.from_dict(raw)
+        marker = self._marker(w, mkey)
         if marker is not None and (marker.lo <= lo or mkey in w.applied):
-            result = self._seen(w, mkey, marker, "funds_duplicate")
+            result = self._seen(w, mkey, marker, Outcome.FUNDS_DUPLICATE)
             result.funds = event
             return result
         # No marker, or one ahead of the account: apply afresh (as for CDRs).
@@ -585,24 +712,24 @@ class Ledger:
         if isinstance(applied, Refusal):
             if marker is not None and marker.lo == w.offset:
                 w.deletes.append(mkey)
-            return self._reject(env, RejectReason(applied.reason), applied.detail, w.now)
+            return self._reject(env, applied.reason, applied.detail, w.now)
         if marker is None and w.offset <= lo:
-            return Result(outcome="funds_duplicate", funds=event)
+            return Result(outcome=Outcome.FUNDS_DUPLICATE, funds=event)
         account, effects = applied
         outputs = _effects_outputs(tenant, effects)
         # Funds markers never expire: a funds event has no time of its own to call it stale
         # by, re-reading billing.funds must never credit twice, and funds are few.
-        w.marks[mkey] = Marker(w.offset).to_dict()
+        w.marks[mkey] = Marker(w.offset)
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, funds=event)
-        return Result(outcome="funds", outputs=outputs, effects=[effects], funds=event)
+        return Result(outcome=Outcome.FUNDS, outputs=outputs, effects=[effects], funds=event)
 
     def _settings(self, w: _Writes, env: Envelope, settings: TenantSettings) -> Result:
         tenant = w.tenant
         applied = open_or_update(w.account, settings, w.now, self.policy)
         if isinstance(applied, Refusal):
-            return self._reject(env, RejectReason(applied.reason), applied.detail, w.now)
+            return self._reject(env, applied.reason, applied.detail, w.now)
         skey = settings_key(tenant)  # state version 2 kept the latest outputs there
         if w.offset <= w.lo:
             # Held messages of an existing tenant were applied when it was created.
@@ -611,14 +738,14 @@ class Ledger:
             replay = self._replayed(
                 w, legacy["out"] if legacy is not None and legacy.get("lo") == w.offset else None
             )
-            return replay if replay.outputs else Result(outcome="ignored")
+            return replay if replay.outputs else Result(outcome=Outcome.IGNORED)
         if skey in self.store:
             w.deletes.append(skey)
         created = w.account is None
         account, effects = applied
         w.set_account(account, w.offset)
         result = Result(
-            outcome="settings", outputs=_effects_outputs(tenant, effects), effects=[effects]
+            outcome=Outcome.SETTINGS, outputs=_effects_outputs(tenant, effects), effects=[effects]
         )
         if created:
             self._apply_held(w, result)
@@ -628,7 +755,7 @@ class Ledger:
 
     def tick(self, partition: int, offset: int, now: datetime) -> Result:
         """Recharge retries/timeouts for due tenants, held messages, then expire markers."""
-        result = Result(outcome="tick")
+        result = Result(outcome=Outcome.TICK)
         # Outbox entries of an earlier attempt of this tick (a replay): republished below
         # unless this attempt writes them again.
         earlier = set(self._outbox.get(partition, {}).get(offset, ()))
@@ -653,7 +780,7 @@ class Ledger:
             # Republish only what landed: the tenant's account caught up with this tick, or
             # a tenant without account (held messages this tick rejected).
             if entry is not None and (lo == -1 or lo >= offset):
-                result.outputs += _unpack(tenant, entry["out"])
+                result.outputs += OutboxEntry.from_dict(entry, tenant).outputs
         heap = self._expiry.get(partition, [])
         cutoff = _epoch(now)
         expired = 0
@@ -672,11 +799,16 @@ class Ledger:
         legacy = self._legacy_rejected.setdefault(partition, {})
         for tick_offset in [o for o in legacy if o <= offset]:
             for key in legacy.pop(tick_offset):
-                held = self.store.get(key)
-                if tick_offset == offset and held is not None and "rej" in held:
+                held = self._held_entry(key)
+                if (
+                    tick_offset == offset
+                    and held is not None
+                    and held.env is not None
+                    and held.legacy_rejection is not None
+                ):
                     # A replay of a tick that a version-2 worker applied: publish it again.
-                    env = Envelope.from_dict(held["env"])
-                    out = Output("rejected", env.source.key, held["rej"].encode())
+                    key_of = held.env.source.key
+                    out = Output(Role.REJECTED, key_of, held.legacy_rejection.encode())
                     result.outputs.append(out)
         cutoff = _epoch(now)
         by_tenant = self._held.get(partition, {})
@@ -693,11 +825,11 @@ class Ledger:
             # The rejections go to this tick's outbox entry, then the held keys are deleted.
             w = _Writes(partition, offset, now, tenant, None, -1)
             for _, key, _ in late:
-                held = self.store.get(key)
+                held = self._held_entry(key)
                 w.deletes.append(key)
-                if held is None or "env" not in held:
+                if held is None or held.env is None:
                     continue
-                env = Envelope.from_dict(held["env"])
+                env = held.env
                 detail = (
                     f"tenant_id {tenant!r} has no settings (no account): held "
                     f"{self.hold.seconds}s (RATING_UNKNOWN_TENANT_HOLD_SECONDS) without settings"
@@ -730,7 +862,9 @@ class Ledger:
                 if "rej" in value:  # state version 2: a rejection kept for a replayed tick
                     self._legacy_rejected[partition].setdefault(value["lo"], []).append(key)
                 else:
-                    self._index_held(partition, key, value)
+                    at = value.get("at")
+                    lo = int(value["lo"])
+                    self._index_held(partition, key, lo, None if at is None else int(at))
         heapq.heapify(heap)
         self._expiry[partition] = heap
 
@@ -740,21 +874,21 @@ class Ledger:
         self._held.pop(partition, None)
         self._outbox.pop(partition, None)
         self._legacy_rejected.pop(partition, None)
-        for tenant in [t for t, s in self._status.items() if s[0] == partition]:
+        for tenant in [t for t, s in self._status.items() if s.partition == partition]:
             del self._status[tenant]
 
     def tenants(self, partitions: set[int]) -> list[str]:
         """The tenants of ``partitions`` this ledger has indexed (for the admin list)."""
-        return sorted(t for t, s in self._status.items() if s[0] in partitions)
+        return sorted(t for t, s in self._status.items() if s.partition in partitions)
 
-    def status(self, partitions: set[int]) -> tuple[int, int, int, int]:
-        """(tenants, below trigger, exhausted, outstanding commands) in ``partitions``."""
-        rows = [s for s in self._status.values() if s[0] in partitions]
-        return (
+    def status(self, partitions: set[int]) -> StatusTotals:
+        """Tenants, below trigger, exhausted, outstanding commands in ``partitions``."""
+        rows = [s for s in self._status.values() if s.partition in partitions]
+        return StatusTotals(
             len(rows),
-            sum(s[1] for s in rows),
-            sum(s[2] for s in rows),
-            sum(s[3] for s in rows),
+            sum(s.below_trigger for s in rows),
+            sum(s.exhausted for s in rows),
+            sum(s.outstanding for s in rows),
         )
 
     def held_total(self, partitions: set[int]) -> int:
@@ -762,4 +896,17 @@ class Ledger:
         return sum(len(entries) for p in partitions for entries in self._held.get(p, {}).values())
 
 
-__all__ = ["HoldPolicy", "Ledger", "Marker", "Output", "Result"]
+__all__ = [
+    "Held",
+    "HoldPolicy",
+    "Ledger",
+    "Marker",
+    "OutboxEntry",
+    "Outcome",
+    "Output",
+    "Result",
+    "Role",
+    "StatusTotals",
+    "TenantStatus",
+    "rejected",
+]

@@ -1,7 +1,11 @@
 """Worker settings: the only place the worker reads environment variables (prefix ``RATING_``).
 
-The tools that are not the worker (``rating demo``, ``billing-sim``) take a few ``RATING_*``
-overrides of their own as defaults for their command-line flags; the worker never reads those.
+Three other modules read a few, none of them in the worker: ``billing_sim``
+(``RATING_BILLING_FAILURE_RATE``, ``RATING_BILLING_LATENCY_SECONDS``: defaults of its flags),
+``demo.processes`` (``RATING_KAFKA_BOOTSTRAP``: run the demo on that cluster instead of the
+embedded broker) and ``testing`` (``RATING_RATE_CARDS``: the rate cards when the checkout's
+sample is not there; and the environment of the processes it starts, copied without its
+``RATING_*`` variables). The worker's own ``RATING_*`` variables are read here only.
 
 Frozen, validated at start-up: a bad value stops the worker with a message naming the
 variable and the problem instead of failing later on the first CDR.

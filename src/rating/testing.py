@@ -161,6 +161,30 @@ def tail(path: Path, n: int = 60, missing: str = "(no log)") -> str:
 # --- HTTP and metrics ---------------------------------------------------------------------
 
 
+def http_exchange(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], str]:
+    """(status, response headers, body text); an HTTP error status is an answer; status 0
+    when nothing answers. ``body``, when given, is sent as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(  # noqa: S310 - our own workers, http:// only
+        url, data=data, method=method, headers=headers or {}
+    )
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - our workers
+            return resp.status, dict(resp.headers), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return 0, {}, ""
+
+
 def http_request(
     method: str,
     url: str,
@@ -168,19 +192,22 @@ def http_request(
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
 ) -> tuple[int, str]:
-    """(status, body text); an HTTP error status is an answer; 0 when nothing answers.
-    ``body``, when given, is sent as JSON."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(  # noqa: S310 - our own workers, http:// only
-        url, data=data, method=method, headers=headers or {}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - our workers
-            return resp.status, resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except (urllib.error.URLError, OSError):
-        return 0, ""
+    """(status, body text): :func:`http_exchange` without the response headers."""
+    status, _, text = http_exchange(method, url, body, headers, timeout)
+    return status, text
+
+
+def http_call(
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], Any]:
+    """(status, response headers, parsed JSON body: None when empty), for JSON APIs; an HTTP
+    error status is an answer; (0, {}, None) when nothing answers."""
+    status, response_headers, text = http_exchange(method, url, body, headers, timeout)
+    return status, response_headers, (json.loads(text or "null") if status else None)
 
 
 def http_get(

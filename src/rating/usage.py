@@ -31,6 +31,7 @@ from typing import Any, Final
 
 from rating import keys
 from rating.contracts import Charge, FundsEvent, Product, format_money, format_time
+from rating.errors import RatingBaseError
 
 #: Rows are deleted this long after their day (documented in README "Consumption").
 RETENTION_DAYS: Final = 400
@@ -203,7 +204,7 @@ def recent(store: Mapping[str, Any], tenant: str) -> dict[str, list[dict[str, An
 # --- queries --------------------------------------------------------------------------------
 
 
-class RangeError(ValueError):
+class RangeError(RatingBaseError, ValueError):
     """A usage query's period is malformed, reversed or too long."""
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import pytest
 from tests.integration.harness import (
     Env,
     Worker,
+    http_call,
     http_get,
     produce,
     read_json,
@@ -31,21 +30,6 @@ from tests.integration.harness import (
 
 TOKEN = "s3cret-admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def request(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, JSON body); HTTP errors are answers here, not exceptions."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, dict(resp.headers), json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"null")
 
 
 def tenant_doc(worker: Worker, tenant: str) -> dict[str, Any] | None:
@@ -115,10 +99,12 @@ def test_admin_endpoints_are_off_without_a_token(
     produce(pipeline_env.bootstrap, pipeline_env.topic("tenant_settings"), [settings_msg(t)])
     wait_until(lambda: tenant_doc(w, t), 30, f"{t} to exist")
     for headers in ({}, AUTH):
-        status, _, body = request("POST", f"{w.url}/tenants/{t}/funds", {"amount": "5.00"}, headers)
+        status, _, body = http_call(
+            "POST", f"{w.url}/tenants/{t}/funds", {"amount": "5.00"}, headers
+        )
         assert status == 403, body
         assert "RATING_ADMIN_TOKEN" in body["error"]
-        status, _, body = request(
+        status, _, body = http_call(
             "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": True}, headers
         )
         assert status == 403, body
@@ -132,12 +118,12 @@ def test_admin_endpoints_refuse_a_missing_or_wrong_token(cluster: Cluster) -> No
     cluster.create(t)
     for w in cluster.workers:  # owner and non-owner alike
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
-            status, resp_headers, body = request(
+            status, resp_headers, body = http_call(
                 "POST", f"{w.url}/tenants/{t}/funds", {"amount": "1.00"}, headers
             )
             assert status == 401, (w.url, headers, body)
             assert resp_headers.get("WWW-Authenticate", "").startswith("Bearer"), resp_headers
-            status, resp_headers, body = request(
+            status, resp_headers, body = http_call(
                 "PUT", f"{w.url}/tenants/{t}/auto-recharge", {"enabled": True}, headers
             )
             assert status == 401, (w.url, headers, body)
@@ -161,11 +147,11 @@ def test_admin_calls_with_the_token_on_the_owner(cluster: Cluster) -> None:
     # Bad input is refused with the field named, before anything is published.
     funds_url = f"{owner.url}/tenants/{t}/funds"
     for bad in ({"amount": "12,50"}, {"amount": 12.5}, {}):
-        status, _, body = request("POST", funds_url, bad, AUTH)
+        status, _, body = http_call("POST", funds_url, bad, AUTH)
         assert status == 400, (bad, body)
         assert "amount" in body["error"], body
 
-    status, _, body = request("POST", funds_url, {"amount": "12.50"}, AUTH)
+    status, _, body = http_call("POST", funds_url, {"amount": "12.50"}, AUTH)
     assert status == 202, body
     assert body["accepted"] is True
     wait_until(
@@ -186,7 +172,7 @@ def test_admin_calls_with_the_token_on_the_owner(cluster: Cluster) -> None:
 
     ar_url = f"{owner.url}/tenants/{t}/auto-recharge"
     wanted = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "10.00"}
-    status, _, body = request("PUT", ar_url, wanted, AUTH)
+    status, _, body = http_call("PUT", ar_url, wanted, AUTH)
     assert status == 202, body
     wait_until(
         lambda: (tenant_doc(owner, t) or {}).get("auto_recharge") == wanted,
@@ -199,7 +185,7 @@ def test_admin_calls_with_the_token_on_the_owner(cluster: Cluster) -> None:
         ({"enabled": True, "recharge_amount": "0"}, "recharge_amount"),
         ({"enabled": "yes"}, "enabled"),
     ):
-        status, _, body = request("PUT", ar_url, bad, AUTH)
+        status, _, body = http_call("PUT", ar_url, bad, AUTH)
         assert status == 400, (bad, body)
         assert field in body["error"], (bad, body)
     published = read_json(cluster.env.bootstrap, cluster.env.topic("tenant_settings"))
@@ -215,7 +201,7 @@ def test_admin_calls_to_the_worker_that_does_not_own_the_tenant_are_forwarded(
     cluster.create(t)
     owner, other = cluster.owner_and_other(t)
 
-    status, _, body = request("POST", f"{other.url}/tenants/{t}/funds", {"amount": "7.25"}, AUTH)
+    status, _, body = http_call("POST", f"{other.url}/tenants/{t}/funds", {"amount": "7.25"}, AUTH)
     assert status == 202, body
     wait_until(lambda: (tenant_doc(owner, t) or {}).get("balance") == "7.25", 30, "the funds")
     assert existing(other, t)["balance"] == "7.25"
@@ -226,19 +212,19 @@ def test_admin_calls_to_the_worker_that_does_not_own_the_tenant_are_forwarded(
     ]
     assert [f["event_id"] for f in mine] == [body["event_id"]]
 
-    status, _, body = request("POST", f"{other.url}/tenants/{t}/funds", {"amount": "x"}, AUTH)
+    status, _, body = http_call("POST", f"{other.url}/tenants/{t}/funds", {"amount": "x"}, AUTH)
     assert status == 400, body
     assert "amount" in body["error"]
 
     wanted = {"enabled": True, "recharge_amount": "25.00", "trigger_balance": "10.00"}
-    status, _, body = request("PUT", f"{other.url}/tenants/{t}/auto-recharge", wanted, AUTH)
+    status, _, body = http_call("PUT", f"{other.url}/tenants/{t}/auto-recharge", wanted, AUTH)
     assert status == 202, body
     wait_until(
         lambda: (tenant_doc(other, t) or {}).get("auto_recharge") == wanted,
         30,
         "the new auto-recharge settings",
     )
-    status, _, body = request(
+    status, _, body = http_call(
         "PUT", f"{other.url}/tenants/{t}/auto-recharge", {"trigger_balance": "1,0"}, AUTH
     )
     assert status == 400, body

@@ -11,6 +11,7 @@ from rating.errors import RatingBaseError
 from rating.kafka_local import LocalKafkaError
 from rating.reconcile_cli import ReconcileError
 from rating.settings import SettingsError
+from rating.usage import RangeError
 from rating.web.page import UnavailableError
 
 
@@ -24,6 +25,7 @@ from rating.web.page import UnavailableError
         (DemoError, RuntimeError),
         (ReconcileError, Exception),
         (UnavailableError, Exception),
+        (RangeError, ValueError),
     ],
 )
 def test_every_project_error_has_the_one_base(error: type, historical: type) -> None:

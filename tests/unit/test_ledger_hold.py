@@ -15,7 +15,7 @@ from rating.ingest import Envelope, Kind
 from rating.keys import charge_key
 from rating.ledger import HoldPolicy, Ledger, Result
 from rating.usage import usage_report
-from tests.unit.test_ledger import (
+from tests.unit.builders import (
     BOOK,
     HORIZON,
     POLICY,

@@ -233,7 +233,7 @@ def test_send_all_queues_every_record_in_order_then_waits_for_the_acks() -> None
     p = pipeline(ManualClock(AT))
     producer = FakeProducer()
     p.app = FakeApp(producer)  # type: ignore[assignment]
-    p.topics = {"ledger": FakeTopic("app-ledger"), "rejected": FakeTopic("rating.rejected")}
+    p.sinks = {"ledger": FakeTopic("app-ledger"), "rejected": FakeTopic("rating.rejected")}
     records = [("ledger", b"a", b"1"), ("rejected", None, b"2"), ("ledger", b"b", b"3")]
     asyncio.run(p.send_all(records))
     assert producer.sent == [
@@ -246,7 +246,7 @@ def test_send_all_queues_every_record_in_order_then_waits_for_the_acks() -> None
 def test_send_all_raises_when_a_record_is_not_delivered() -> None:
     p = pipeline(ManualClock(AT))
     p.app = FakeApp(FakeProducer(fail=True))  # type: ignore[assignment]
-    p.topics = {"ledger": FakeTopic("app-ledger")}
+    p.sinks = {"ledger": FakeTopic("app-ledger")}
     with pytest.raises(RuntimeError, match="not delivered"):
         asyncio.run(p.send_all([("ledger", b"a", b"1"), ("ledger", b"a", b"2")]))
 

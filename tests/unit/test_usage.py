@@ -27,7 +27,7 @@ from rating.usage import (
     recent,
     usage_report,
 )
-from tests.unit.test_ledger import (
+from tests.unit.builders import (
     T0,
     Changelog,
     Feed,

@@ -336,7 +336,7 @@ class Effects:
 class Refusal:
     """Bad input, returned as a value so the caller dead-letters it (no exception)."""
 
-    reason: str  # a RejectReason value
+    reason: RejectReason
     detail: str
 
 
@@ -380,14 +380,14 @@ def open_or_update(
 
     if settings.tenant_id != account.tenant_id:
         return Refusal(
-            RejectReason.KEY_MISMATCH.value,
+            RejectReason.KEY_MISMATCH,
             f"tenant_id: settings for {settings.tenant_id!r} applied to {account.tenant_id!r}",
         )
     if settings.currency != account.currency and (
         account.balance != 0 or account.outstanding is not None
     ):
         return Refusal(
-            RejectReason.CURRENCY_MISMATCH.value,
+            RejectReason.CURRENCY_MISMATCH,
             f"currency: cannot change {account.currency} to {settings.currency} with balance "
             f"{format_money(account.balance)} or a recharge outstanding",
         )
@@ -451,9 +451,7 @@ def apply_funds(
     if event.kind in _RESULTS and not matches:
         late = _closed_locally(before, event)
         if late is None:
-            return Refusal(
-                RejectReason.COMMAND_NOT_OUTSTANDING.value, _not_outstanding(before, event)
-            )
+            return Refusal(RejectReason.COMMAND_NOT_OUTSTANDING, _not_outstanding(before, event))
 
     if event.kind is FundsKind.RECHARGE_FAILED:
         if late is not None or (pending is not None and pending.awaiting_retry):
@@ -751,10 +749,10 @@ def _check_settings(settings: TenantSettings) -> Refusal | None:
     for name, value in amounts.items():
         problem = _amount_problem(value)
         if problem is not None:
-            return Refusal(RejectReason.SCHEMA.value, f"{name}: {format_money(value)} {problem}")
+            return Refusal(RejectReason.SCHEMA, f"{name}: {format_money(value)} {problem}")
     if ar.recharge_amount < 0 or (ar.enabled and ar.recharge_amount == 0):
         return Refusal(
-            RejectReason.SCHEMA.value,
+            RejectReason.SCHEMA,
             f"auto_recharge.recharge_amount: must be > 0 when enabled and never negative, "
             f"got {format_money(ar.recharge_amount)}",
         )
@@ -764,22 +762,22 @@ def _check_settings(settings: TenantSettings) -> Refusal | None:
 def _check_funds(account: Account, event: FundsEvent) -> Refusal | None:
     if event.tenant_id != account.tenant_id:
         return Refusal(
-            RejectReason.KEY_MISMATCH.value,
+            RejectReason.KEY_MISMATCH,
             f"tenant_id: funds for {event.tenant_id!r} applied to {account.tenant_id!r}",
         )
     if event.currency != account.currency:
         return Refusal(
-            RejectReason.CURRENCY_MISMATCH.value,
+            RejectReason.CURRENCY_MISMATCH,
             f"currency: event {event.event_id!r} is in {event.currency}, "
             f"tenant {account.tenant_id!r} in {account.currency}",
         )
     problem = _amount_problem(event.amount)
     if problem is not None:
-        return Refusal(RejectReason.SCHEMA.value, f"amount: {format_money(event.amount)} {problem}")
+        return Refusal(RejectReason.SCHEMA, f"amount: {format_money(event.amount)} {problem}")
     credits = (FundsKind.MANUAL_ADD, FundsKind.RECHARGE_SUCCEEDED)
     if event.kind in credits and event.amount <= 0:
         return Refusal(
-            RejectReason.SCHEMA.value,
+            RejectReason.SCHEMA,
             f"amount: a {event.kind.value} must be > 0, got {format_money(event.amount)}",
         )
     return None

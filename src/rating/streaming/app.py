@@ -30,8 +30,9 @@ from rating import __version__
 from rating.contracts import Rejection, RejectReason
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
-from rating.ingest import Envelope, Kind, Source, make_rejection, validate
-from rating.ledger import HoldPolicy, Ledger, Output, Result
+from rating.error_policy import park
+from rating.ingest import Envelope, Kind, Source, validate
+from rating.ledger import HoldPolicy, Ledger, Outcome, Output, Result, Role, rejected
 from rating.metrics import Metrics
 from rating.partitioning import partition_of
 from rating.settings import Settings
@@ -45,8 +46,8 @@ log = logging.getLogger("rating.worker")
 
 _ZERO = Decimal(0)
 
-#: Where a record produced by the worker goes: a key of ``Pipeline.topics``.
-Send = tuple[str, bytes | None, bytes]
+#: A record the worker produces: its role (the topic, by ``Pipeline.sinks``), key and value.
+Send = tuple[Role, bytes | None, bytes]
 
 
 class RateCards:
@@ -110,7 +111,10 @@ class Pipeline:
     rates: RateCards
     ledger: Ledger
     store: TableStore
+    #: Every topic the worker declares, by name: "inputs", "ledger", "settings_out", ...
     topics: dict[str, Any] = field(default_factory=dict)
+    #: Where each role's records go: the topics the worker produces to.
+    sinks: dict[Role, Any] = field(default_factory=dict)
     table: Any = None
     kind_by_topic: dict[str, Kind] = field(default_factory=dict)
     clock: Clock = field(default_factory=SystemClock)
@@ -140,27 +144,15 @@ class Pipeline:
         """One ledger record -> its Result (state written through the table store).
 
         Whatever goes wrong with one record (an undecodable record, a bug in indexing or in
-        the ledger) parks that record as ``internal_error`` and the partition moves on."""
+        the ledger) parks that record as ``internal_error`` (``rating.error_policy``) and the
+        partition moves on."""
         try:
             result, started = self._apply(msg)
         except Exception as exc:
-            log.exception("ledger record failed at %s:%s:%s", msg.topic, msg.partition, msg.offset)
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
-            rej = make_rejection(
-                source,
-                msg.value or b"",
-                RejectReason.INTERNAL_ERROR,
-                f"ledger record: {type(exc).__name__}: {exc}",
-                self.clock.now(),
-            )
-            out = Output("rejected", msg.key, rej.model_dump_json().encode())
-            result = Result(
-                outcome="rejected",
-                reason=RejectReason.INTERNAL_ERROR,
-                topic=msg.topic,
-                outputs=[out],
-            )
-            started = None
+            now = self.clock.now()
+            rej = park("ledger", exc, source, msg.value, now, context="ledger record: ")
+            result, started = rejected(rej, msg.key), None
         for part in result.all():
             if part.reason is RejectReason.INTERNAL_ERROR:
                 self.metrics.internal_errors.labels("ledger").inc()
@@ -199,21 +191,14 @@ class Pipeline:
                 consumed[msg.topic] += 1
             try:
                 checked = validate(kind, source, msg.value, now)
-            except Exception as exc:  # a bug: park the message, keep the partition moving
-                log.exception("ingest failed at %s", source.ref)
+            except Exception as exc:  # a bug: parked (rating.error_policy)
                 m.internal_errors.labels("ingest").inc()
-                checked = make_rejection(
-                    source,
-                    msg.value or b"",
-                    RejectReason.INTERNAL_ERROR,
-                    f"{type(exc).__name__}: {exc}",
-                    now,
-                )
+                checked = park("ingest", exc, source, msg.value, now)
             if isinstance(checked, Rejection):
                 rejected[(msg.topic, checked.reason.value)] += 1
-                out.append(("rejected", msg.key, checked.model_dump_json().encode()))
+                out.append((Role.REJECTED, msg.key, checked.model_dump_json().encode()))
             else:
-                out.append(("ledger", checked.tenant_id.encode(), checked.encode(it=stamp)))
+                out.append((Role.LEDGER, checked.tenant_id.encode(), checked.encode(it=stamp)))
         for topic, n in consumed.items():
             m.cdrs_consumed.labels(topic).inc(n)
         for (topic, reason), n in rejected.items():
@@ -232,7 +217,7 @@ class Pipeline:
         if not records:
             return
         producer = self.app.producer
-        names = {role: self.topics[role].get_topic_name() for role in {r[0] for r in records}}
+        names = {role: self.sinks[role].get_topic_name() for role in {r[0] for r in records}}
         pending = [
             await producer.send(names[role], key, value, None, None, None)
             for role, key, value in records
@@ -260,7 +245,7 @@ class Pipeline:
         for result, started in done:
             try:
                 for part in result.all():
-                    if part.outcome == "charged" and part.charge is not None:
+                    if part.outcome == Outcome.CHARGED and part.charge is not None:
                         c = part.charge
                         key = (c.product.value, c.currency)
                         charged[key] += 1
@@ -282,14 +267,16 @@ class Pipeline:
 
     def _count_one(self, result: Result) -> None:
         m = self.metrics
-        if result.outcome == "duplicate":
+        if result.outcome == Outcome.DUPLICATE:
             m.cdrs_duplicate.labels(result.product or "unknown").inc()
-        elif result.outcome == "repaired" or (result.outcome == "replayed" and result.outputs):
+        elif result.outcome == Outcome.REPAIRED or (
+            result.outcome == Outcome.REPLAYED and result.outputs
+        ):
             # A replay whose outbox entry is gone publishes nothing: its outputs were acked.
             m.charges_replayed.inc()
-        elif result.outcome == "settings":
+        elif result.outcome == Outcome.SETTINGS:
             m.settings_applied.inc()
-        elif result.outcome == "held":
+        elif result.outcome == Outcome.HELD:
             m.messages_held.labels(result.topic or "unknown").inc()
         self._count_funds_and_effects(result)
 
@@ -297,11 +284,11 @@ class Pipeline:
         m = self.metrics
         if result.funds is not None:
             f = result.funds
-            dup = result.outcome == "funds_duplicate"
+            dup = result.outcome == Outcome.FUNDS_DUPLICATE
             m.funds_events.labels(f.kind.value, "duplicate" if dup else "applied").inc()
-            if result.outcome == "funds" and f.amount > 0:
+            if result.outcome == Outcome.FUNDS and f.amount > 0:
                 m.funds_credited.labels(f.currency, f.kind.value).inc(float(f.amount))
-            elif result.outcome == "funds" and f.amount < 0:  # counters only go up
+            elif result.outcome == Outcome.FUNDS and f.amount < 0:  # counters only go up
                 m.funds_debited.labels(f.currency, f.kind.value).inc(float(-f.amount))
         for effects in result.effects:
             if effects.amount_mismatch and result.funds is not None:
@@ -436,10 +423,13 @@ def _declare_topics(p: Pipeline) -> None:
     p.topics["ledger"] = _raw_topic(
         app, f"{p.settings.app_id}-ledger", internal=True, partitions=p.settings.partitions
     )
-    p.topics["charges"] = _raw_topic(app, t.charges)
-    p.topics["recharge"] = _raw_topic(app, t.recharge_commands)
-    p.topics["balance"] = _raw_topic(app, t.balance_events)
-    p.topics["rejected"] = _raw_topic(app, t.rejected)
+    p.sinks = {
+        Role.LEDGER: p.topics["ledger"],
+        Role.CHARGES: _raw_topic(app, t.charges),
+        Role.RECHARGE: _raw_topic(app, t.recharge_commands),
+        Role.BALANCE: _raw_topic(app, t.balance_events),
+        Role.REJECTED: _raw_topic(app, t.rejected),
+    }
     # Admin endpoints publish here, like billing and the admin portal would.
     p.topics["settings_out"] = _raw_topic(app, t.tenant_settings)
     p.topics["funds_out"] = _raw_topic(app, t.funds)
@@ -512,11 +502,11 @@ def _register_timers(p: Pipeline) -> None:
 def _update_gauges(p: Pipeline) -> None:
     m = p.metrics
     owned = p.owned_ledger_partitions()
-    tenants, below, exhausted, outstanding = p.ledger.status(owned)
-    m.tenants.set(tenants)
-    m.tenants_below_trigger.set(below)
-    m.tenants_exhausted.set(exhausted)
-    m.recharge_outstanding.set(outstanding)
+    status = p.ledger.status(owned)
+    m.tenants.set(status.tenants)
+    m.tenants_below_trigger.set(status.below_trigger)
+    m.tenants_exhausted.set(status.exhausted)
+    m.recharge_outstanding.set(status.outstanding)
     m.messages_held_now.set(p.ledger.held_total(owned))
     # Only the topics this pipeline consumes: changelogs and Faust's own are noise here.
     consumed = set(p.kind_by_topic) | {p.topics["ledger"].get_topic_name()}

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from rating.contracts import RejectReason
 from rating.ingest import Source, make_rejection
+from rating.ledger import Role
 from rating.streaming.transport import Action, UndecodableBatch, UndecodableHandler
 
 if TYPE_CHECKING:
@@ -52,7 +53,7 @@ def undecodable_handler(p: Pipeline) -> UndecodableHandler:
         source = Source(batch.topic, batch.partition, batch.base_offset, None)
         rejection = make_rejection(source, b"", RejectReason.MALFORMED, detail, datetime.now(UTC))
         # Durable before the consumer seeks past the batch: never silently lost.
-        topic = p.topics["rejected"].get_topic_name()
+        topic = p.sinks[Role.REJECTED].get_topic_name()
         value = rejection.model_dump_json().encode()
         await p.app.producer.send_and_wait(topic, None, value, None, None, None)
         m.cdrs_rejected.labels(batch.topic, RejectReason.MALFORMED.value).inc()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -497,79 +497,100 @@ class AdminPage:
         return None
 
 
+class AdminView(View):
+    """A view of the admin page: only copies bound to one worker's :class:`AdminPage` are
+    registered (see :func:`register_admin_page`), as ``streaming/web.py`` does."""
+
+    page: ClassVar[AdminPage]
+
+
+class AdminRoot(AdminView):
+    async def get(self, request: Request) -> Response:
+        return _out(self.page.redirect(self, "/admin/"))
+
+
+class TenantList(AdminView):
+    async def get(self, request: Request) -> Response:
+        page, req = self.page, _req(request)
+        if page.session(req) is None:
+            return _out(page.sign_in_page(self, req))
+        query = req.query.get("q", "").strip()
+        rows, complete = await page.all_tenants()
+        if query:
+            rows = [r for r in rows if query.lower() in r["tenant_id"].lower()]
+        ctx = page.ctx(
+            req,
+            q=query,
+            rows=rows[:LIST_LIMIT],
+            count=len(rows),
+            complete=complete,
+            limit=LIST_LIMIT,
+        )
+        return _out(page.render(self, req, "tenants.html", ctx))
+
+
+class SignIn(AdminView):
+    async def post(self, request: Request) -> Response:
+        return _out(await self.page.sign_in(self, _req(request)))
+
+
+class SignOut(AdminView):
+    async def post(self, request: Request) -> Response:
+        refused = await self.page.guarded_post(self, _req(request))
+        if refused is not None:
+            return _out(refused)
+        resp = self.page.redirect(self, "/admin/")
+        resp.del_cookie(COOKIE, path="/admin/")
+        return _out(resp)
+
+
+class TenantPage(AdminView):
+    async def get(self, request: Request, tenant_id: str) -> Response:
+        if self.page.session(_req(request)) is None:
+            return _out(self.page.sign_in_page(self, _req(request)))
+        return _out(await self.page.tenant_page(self, _req(request), tenant_id))
+
+
+class AddFunds(AdminView):
+    async def post(self, request: Request, tenant_id: str) -> Response:
+        refused = await self.page.guarded_post(self, _req(request))
+        if refused is not None:
+            return _out(refused)
+        return _out(await self.page.add_funds(self, _req(request), tenant_id))
+
+
+class SaveSettings(AdminView):
+    async def post(self, request: Request, tenant_id: str) -> Response:
+        refused = await self.page.guarded_post(self, _req(request))
+        if refused is not None:
+            return _out(refused)
+        return _out(await self.page.save_settings(self, _req(request), tenant_id))
+
+
+class Static(AdminView):
+    async def get(self, request: Request, name: str) -> Response:
+        if name not in _STATIC:
+            return self.notfound()
+        data = resources.files("rating.web").joinpath("static", name).read_bytes()
+        headers = {"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"}
+        return self.bytes(data, content_type=_STATIC[name], headers=headers)
+
+
+ADMIN_ROUTES: tuple[tuple[str, type[AdminView]], ...] = (
+    ("/admin", AdminRoot),
+    ("/admin/", TenantList),
+    ("/admin/sign-in", SignIn),
+    ("/admin/sign-out", SignOut),
+    ("/admin/tenants/{tenant_id}", TenantPage),
+    ("/admin/tenants/{tenant_id}/funds", AddFunds),
+    ("/admin/tenants/{tenant_id}/settings", SaveSettings),
+    ("/admin/static/{name}", Static),
+)
+
+
 def register_admin_page(p: Pipeline, routing: Routing) -> None:
-    app = p.app
+    """Register :data:`ADMIN_ROUTES` on ``p.app``, each a copy bound to this worker's page."""
     page = AdminPage(p, routing)
-
-    @app.page("/admin")
-    class AdminRoot(View):
-        async def get(self, request: Request) -> Response:
-            return _out(page.redirect(self, "/admin/"))
-
-    @app.page("/admin/")
-    class TenantList(View):
-        async def get(self, request: Request) -> Response:
-            if page.session(_req(request)) is None:
-                return _out(page.sign_in_page(self, _req(request)))
-            query = _req(request).query.get("q", "").strip()
-            rows, complete = await page.all_tenants()
-            if query:
-                rows = [r for r in rows if query.lower() in r["tenant_id"].lower()]
-            ctx = page.ctx(
-                _req(request),
-                q=query,
-                rows=rows[:LIST_LIMIT],
-                count=len(rows),
-                complete=complete,
-                limit=LIST_LIMIT,
-            )
-            return _out(page.render(self, _req(request), "tenants.html", ctx))
-
-    @app.page("/admin/sign-in")
-    class SignIn(View):
-        async def post(self, request: Request) -> Response:
-            return _out(await page.sign_in(self, _req(request)))
-
-    @app.page("/admin/sign-out")
-    class SignOut(View):
-        async def post(self, request: Request) -> Response:
-            refused = await page.guarded_post(self, _req(request))
-            if refused is not None:
-                return _out(refused)
-            resp = page.redirect(self, "/admin/")
-            resp.del_cookie(COOKIE, path="/admin/")
-            return _out(resp)
-
-    @app.page("/admin/tenants/{tenant_id}")
-    class TenantPage(View):
-        async def get(self, request: Request, tenant_id: str) -> Response:
-            if page.session(_req(request)) is None:
-                return _out(page.sign_in_page(self, _req(request)))
-            return _out(await page.tenant_page(self, _req(request), tenant_id))
-
-    @app.page("/admin/tenants/{tenant_id}/funds")
-    class AddFunds(View):
-        async def post(self, request: Request, tenant_id: str) -> Response:
-            refused = await page.guarded_post(self, _req(request))
-            if refused is not None:
-                return _out(refused)
-            return _out(await page.add_funds(self, _req(request), tenant_id))
-
-    @app.page("/admin/tenants/{tenant_id}/settings")
-    class SaveSettings(View):
-        async def post(self, request: Request, tenant_id: str) -> Response:
-            refused = await page.guarded_post(self, _req(request))
-            if refused is not None:
-                return _out(refused)
-            return _out(await page.save_settings(self, _req(request), tenant_id))
-
-    @app.page("/admin/static/{name}")
-    class Static(View):
-        async def get(self, request: Request, name: str) -> Response:
-            if name not in _STATIC:
-                return self.notfound()
-            data = resources.files("rating.web").joinpath("static", name).read_bytes()
-            headers = {"Cache-Control": "max-age=300", "X-Content-Type-Options": "nosniff"}
-            return self.bytes(data, content_type=_STATIC[name], headers=headers)
-
-    _ = (AdminRoot, TenantList, SignIn, SignOut, TenantPage, AddFunds, SaveSettings, Static)
+    for path, view in ADMIN_ROUTES:
+        # A subclass of the same name per app (Faust keeps view_name on the class).
+        p.app.page(path)(type(view.__name__, (view,), {"page": page}))
