@@ -34,7 +34,8 @@ KAFKA_STAMP := $(KAFKA_LIB)/.resolved
 KAFKA_TESTS := tests/integration/test_pipeline.py tests/integration/test_credits.py \
   tests/integration/test_admin.py tests/integration/test_worker_lifecycle.py \
   tests/integration/test_crash_safety.py tests/integration/test_zombie.py \
-  tests/integration/test_reconcile.py tests/integration/test_kafka_only.py
+  tests/integration/test_reconcile.py tests/integration/test_standby.py \
+  tests/integration/test_kafka_only.py
 
 java:
 	@command -v java >/dev/null 2>&1 || { echo "Java 17 and Maven are needed for make test-kafka: no java on PATH (Debian: apt-get install openjdk-17-jre-headless maven)" >&2; exit 1; }
