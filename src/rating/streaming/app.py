@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -435,6 +435,28 @@ def _declare_topics(p: Pipeline) -> None:
     p.topics["funds_out"] = _raw_topic(app, t.funds)
 
 
+async def settle(app: Any, events: Sequence[Any], work: Awaitable[None]) -> None:
+    """Run one batch's work; its events are acked only if the work succeeded.
+
+    Faust's ``take_events`` acks a batch's events in a ``finally``, also when the body
+    raised (a send that failed after the client's retries, a changelog flush that failed):
+    Faust would then commit input offsets whose records were never forwarded or applied.
+    One more reference on each message while the work runs turns that ack into a no-op
+    (Faust's messages are refcounted: the last ack is the one that counts); the events are
+    acked here once the work is done. If it fails they stay unacked, so their offsets are
+    never committed, and the worker crashes: its restart reads them again."""
+    for event in events:
+        event.message.incref()
+    try:
+        await work
+    except Exception as exc:
+        log.critical("a batch of %d records failed; stopping the worker: %r", len(events), exc)
+        await app.crash(exc)
+        raise
+    for event in events:
+        event.ack()
+
+
 def _register_agents(p: Pipeline) -> None:
     app, m = p.app, p.metrics
 
@@ -445,7 +467,7 @@ def _register_agents(p: Pipeline) -> None:
         # input offset is committed only after its ledger record is durable (Faust also
         # flushes the producer before every commit: transport.Producer.flush).
         async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
-            await p.send_all(p.ingest([event.message for event in events]))
+            await settle(p.app, events, p.send_all(p.ingest([e.message for e in events])))
 
     @app.agent(p.topics["ledger"], name="ledger")
     async def ledger(stream: Any) -> None:
@@ -459,21 +481,24 @@ def _register_agents(p: Pipeline) -> None:
         # them to RocksDB and seals them; a crash before that replays them from the changelog
         # or, at worst, republishes outputs already acked (allowed: consumers dedupe).
         async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
-            outputs: list[Output] = []
-            done: list[tuple[Result, float | None]] = []
-            upto: dict[int, int] = {}
-            for event in events:
-                result, started = p.apply(event.message)
-                outputs.extend(result.outputs)
-                done.append((result, started))
-                upto[event.message.partition] = event.message.offset
-            flush_started = time.perf_counter()
-            await p.store.durable()
-            m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
-            m.ledger_batch_size.observe(len(events))
-            await p.publish(outputs)
-            p.clear_outbox(upto)
-            p.count_results(done)
+            await settle(p.app, events, ledger_batch(events))
+
+    async def ledger_batch(events: Sequence[Any]) -> None:
+        outputs: list[Output] = []
+        done: list[tuple[Result, float | None]] = []
+        upto: dict[int, int] = {}
+        for event in events:
+            result, started = p.apply(event.message)
+            outputs.extend(result.outputs)
+            done.append((result, started))
+            upto[event.message.partition] = event.message.offset
+        flush_started = time.perf_counter()
+        await p.store.durable()
+        m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
+        m.ledger_batch_size.observe(len(events))
+        await p.publish(outputs)
+        p.clear_outbox(upto)
+        p.count_results(done)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
 
