@@ -272,29 +272,28 @@ def test_no_commit_before_the_partition_start_is_known() -> None:
     asyncio.run(scenario())
 
 
-def test_the_seek_to_committed_offsets_runs_with_the_flow_stopped(
+def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    seen: list[bool] = []
+    seeks: list[tuple[transport.TP, int]] = []
 
-    async def committed(self: transport.Consumer) -> dict[transport.TP, int | None]:
-        seen.append(self.flow_active)
-        return {TP_A: 7}
+    async def seek(_self: object, tp: transport.TP, offset: int) -> None:
+        seeks.append((tp, offset))
 
-    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", committed)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
 
     async def scenario() -> None:
         consumer = _consumer()
-        consumer.resume_flow()
-        await consumer.perform_seek()
-        # The fetch loop stops delivering what it fetched before the seek; resumes after.
-        assert seen == [False]
-        assert consumer.flow_active
-        assert consumer._read_offset[TP_A] == 7
-        assert consumer._start[TP_A] == 7
-
-        consumer.stop_flow()  # a seek during a rebalance leaves the flow as it found it
-        await consumer.perform_seek()
-        assert not consumer.flow_active
+        consumer._committed_offset[TP_A] = 10
+        _ack(consumer, range(15, 21))  # 10..14 dropped by the fetch loop, never processed
+        for _ in range(transport.Consumer.HOLE_ROUNDS - 1):
+            assert consumer._new_offset(TP_A) is None
+        await consumer.starts_known()
+        assert seeks == []  # not yet: maybe still in flight
+        assert consumer._new_offset(TP_A) is None
+        await consumer.starts_known()
+        assert seeks == [(TP_A, 10)]  # read again from the first offset never processed
+        _ack(consumer, range(10, 15))  # the records read again are processed
+        assert consumer._new_offset(TP_A) == 21
 
     asyncio.run(scenario())

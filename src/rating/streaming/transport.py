@@ -271,40 +271,37 @@ class Consumer(faust_aiokafka.Consumer):
       goes on delivering the batch it fetched before the seek and records each delivery as
       the read offset, after the seek has set it to the committed offset; the records that
       the seek makes it fetch again are then dropped as "already delivered", although some of
-      them never reached an agent. :meth:`perform_seek` stops the flow for the seek, so the
-      fetch loop abandons the old batch (it checks the flow before every record) and the seek
-      sets the read offsets last.
+      them never reached an agent. Stopping the flow around that seek would lose the
+      changelog records a standby had fetched (they are never fetched again), so instead a
+      hole that stays (below) makes that partition be read again from its start.
     - **Commits with no known start.** Faust refuses to commit over a hole at the head of the
       acked offsets only when it knows the partition's committed offset; during a revocation
       (it forgets them first, then commits the acks that arrive while streams drain), for a
       partition nobody has committed yet, or one committed at 0, it commits whatever run it
       has. :meth:`_new_offset` keeps its own start per partition (the committed offset, or
       where the consumer starts when there is none) and refuses a commit whose acked run does
-      not begin there. A hole then stalls the partition's commits (its lag grows, a restart
-      reads it again) instead of losing records; it is logged.
+      not begin there. A hole is logged, and if it is still there after ``HOLE_ROUNDS``
+      commit rounds the partition is read again from its start (records processed already
+      are deduplicated downstream): never committed past, never left behind.
     """
 
     _start: dict[TP, int]
     _holes_logged: set[tuple[TP, int]]
     _lookups: set[asyncio.Future[None]]
+    _blocked: dict[TP, tuple[int, int]]  # partition -> (its start, commit rounds held there)
+
+    #: Commit rounds a hole must persist before the partition is read again from its start.
+    HOLE_ROUNDS = 3
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._start = {}
         self._holes_logged = set()
         self._lookups = set()
+        self._blocked = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-    async def perform_seek(self) -> None:
-        resume = self.flow_active
-        self.stop_flow()
-        try:
-            await super().perform_seek()
-        finally:
-            if resume:
-                self.resume_flow()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
@@ -364,9 +361,34 @@ class Consumer(faust_aiokafka.Consumer):
                 lowest = min(lowest, gap.begin())
             # Faust's tolerance of one: the committed offset may be a transaction marker.
             if start is None or lowest - start > 1:
-                self._log_hole(tp, start, lowest)
+                if start is not None:
+                    self._hole(tp, start, lowest)
                 return None
+        self._blocked.pop(tp, None)
         return super()._new_offset(tp)
+
+    def _hole(self, tp: TP, start: int, lowest: int) -> None:
+        """Offsets ``start``..``lowest - 1`` were never acked. Seen on as many commit rounds
+        in a row as :attr:`HOLE_ROUNDS`, they were dropped by Faust's fetch loop (not merely
+        in flight: an agent acks its batches in order), so the partition is read again from
+        ``start``; what was processed already is deduplicated downstream."""
+        rounds = self._blocked.get(tp, (start, 0))
+        rounds = (start, rounds[1] + 1) if rounds[0] == start else (start, 1)
+        self._blocked[tp] = rounds
+        self._log_hole(tp, start, lowest)
+        if rounds[1] == self.HOLE_ROUNDS:
+            log.warning("reading %s:%s again from offset %s", tp.topic, tp.partition, start)
+            reread = asyncio.ensure_future(self._read_again(tp, start))
+            self._lookups.add(reread)
+            reread.add_done_callback(self._lookups.discard)
+            # Reading takes a while: wait much longer before reading it again (never a loop).
+            self._blocked[tp] = (start, -20 * self.HOLE_ROUNDS)
+
+    async def _read_again(self, tp: TP, offset: int) -> None:
+        try:
+            await self.seek(tp, offset)
+        except Exception as exc:  # e.g. revoked meanwhile: its next owner reads it anyway
+            log.warning("cannot read %s:%s again from %s: %r", tp.topic, tp.partition, offset, exc)
 
     def _log_hole(self, tp: TP, start: int | None, lowest: int) -> None:
         key = (tp, -1 if start is None else start)
@@ -376,7 +398,7 @@ class Consumer(faust_aiokafka.Consumer):
         log.warning(
             "not committing %s:%s: the acked offsets begin at %s but the partition starts at "
             "%s; offsets in between were never processed, so it is not committed past them "
-            "(they are read again after the next rebalance or restart)",
+            "(the partition is read again from there if the hole stays)",
             tp.topic,
             tp.partition,
             lowest,
