@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     rocksdb_max_write_buffers: Annotated[int, Field(ge=1, le=16)] = 2
     rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
     # Workers that keep a warm copy of each partition's table (Faust standbys), so a
-    # failover replays only what the standby has not read yet. 0: none. 1 is Faust's default.
-    standby_replicas: Annotated[int, Field(ge=0, le=3)] = 1
+    # failover replays only what the standby has not read yet. 0 (none) by default: a
+    # standby's copy was seen missing a record after a failover (README, State, Standbys).
+    standby_replicas: Annotated[int, Field(ge=0, le=3)] = 0
 
     web_host: str = "0.0.0.0"
     web_port: Annotated[int, Field(ge=1, le=65535)] = 6066

@@ -82,9 +82,10 @@ def _missing(env: Env, sent: dict[str, bytes]) -> str:
     internal = (f"{env.app_id}-ledger", f"{env.app_id}-accounts-changelog")
     for topic in (env.topic("cdr_audio"), *internal):
         for r in read_records(env.bootstrap, topic, timeout=60):
-            hit = [w for w in wanted if w in r.value or (r.key is not None and w in r.key)]
+            value = r.value or b""  # tombstones on the changelog
+            hit = [w for w in wanted if w in value or (r.key is not None and w in r.key)]
             if hit:
-                lines.append(f"{topic} p{r.partition} o{r.offset} key={r.key!r}: {r.value[:300]!r}")
+                lines.append(f"{topic} p{r.partition} o{r.offset} key={r.key!r}: {value[:300]!r}")
     return "\n".join(lines)
 
 

@@ -297,3 +297,31 @@ def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
         assert consumer._new_offset(TP_A) == 21
 
     asyncio.run(scenario())
+
+
+def test_the_seek_to_committed_offsets_runs_with_the_flow_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[bool] = []
+
+    async def committed(self: transport.Consumer) -> dict[transport.TP, int | None]:
+        seen.append(self.flow_active)
+        return {TP_A: 7}
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek_to_committed", committed)
+
+    async def scenario() -> None:
+        consumer = _consumer()
+        consumer.resume_flow()
+        await consumer.perform_seek()
+        # The fetch loop stops delivering what it fetched before the seek; resumes after.
+        assert seen == [False]
+        assert consumer.flow_active
+        assert consumer._read_offset[TP_A] == 7
+        assert consumer._start[TP_A] == 7
+
+        consumer.stop_flow()  # a seek during a rebalance leaves the flow as it found it
+        await consumer.perform_seek()
+        assert not consumer.flow_active
+
+    asyncio.run(scenario())

@@ -271,9 +271,12 @@ class Consumer(faust_aiokafka.Consumer):
       goes on delivering the batch it fetched before the seek and records each delivery as
       the read offset, after the seek has set it to the committed offset; the records that
       the seek makes it fetch again are then dropped as "already delivered", although some of
-      them never reached an agent. Stopping the flow around that seek would lose the
-      changelog records a standby had fetched (they are never fetched again), so instead a
-      hole that stays (below) makes that partition be read again from its start.
+      them never reached an agent. :meth:`perform_seek` stops the flow for the seek, so the
+      fetch loop abandons the old batch (it checks the flow before every record) and the seek
+      sets the read offsets last. The abandoned batch may hold changelog records of standby
+      partitions, which nothing would fetch again: those partitions are sought back to where
+      their table has applied (a standby copy missing a record let a failover charge a
+      re-published CDR a second time).
     - **Commits with no known start.** Faust refuses to commit over a hole at the head of the
       acked offsets only when it knows the partition's committed offset; during a revocation
       (it forgets them first, then commits the acks that arrive while streams drain), for a
@@ -302,6 +305,33 @@ class Consumer(faust_aiokafka.Consumer):
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def perform_seek(self) -> None:
+        resume = self.flow_active
+        self.stop_flow()
+        try:
+            await super().perform_seek()
+            await self._refetch_standbys()
+        finally:
+            if resume:
+                self.resume_flow()
+
+    async def _refetch_standbys(self) -> None:
+        # With the flow stopped the fetch loop abandons the batch it had fetched, standby
+        # changelog records included, and nothing would fetch those again: a standby copy
+        # would miss them for good. Each standby changelog partition goes back to where its
+        # table has applied (as Faust's own standby recovery seeks; re-applying is harmless).
+        standbys = self.app.assignor.assigned_standbys()
+        offsets: dict[TP, int] = {}
+        for table in self.app.tables.values():
+            name = table.changelog_topic.get_topic_name()
+            for tp in standbys:
+                if tp.topic == name:
+                    offset = table.persisted_offset(tp)
+                    if offset is not None:
+                        offsets[tp] = max(offset, 0)
+        if offsets:
+            await self.seek_wait(offsets)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
