@@ -549,16 +549,17 @@ class Worker:
 # --- messages -----------------------------------------------------------------------------
 
 
-def settings_msg(
+def settings_body(
     tenant: str,
-    currency: str = "USD",
-    plan: str = "standard",
+    currency: str,
+    plan: str,
     *,
-    enabled: bool = False,
-    amount: str = "50",
-    trigger: str = "10",
-    low: str | None = None,
-) -> tuple[bytes, bytes]:
+    enabled: bool,
+    amount: str,
+    trigger: str,
+    low: str | None,
+) -> dict[str, Any]:
+    """A tenant-settings message (the contract's shape), for tests, bench and the demo."""
     body: dict[str, Any] = {
         "tenant_id": tenant,
         "currency": currency,
@@ -571,7 +572,45 @@ def settings_msg(
     }
     if low is not None:
         body["low_balance_alert"] = low
+    return body
+
+
+def settings_msg(
+    tenant: str,
+    currency: str = "USD",
+    plan: str = "standard",
+    *,
+    enabled: bool = False,
+    amount: str = "50",
+    trigger: str = "10",
+    low: str | None = None,
+) -> tuple[bytes, bytes]:
+    body = settings_body(
+        tenant, currency, plan, enabled=enabled, amount=amount, trigger=trigger, low=low
+    )
     return tenant.encode(), json.dumps(body).encode()
+
+
+def funds_body(
+    tenant: str,
+    event_id: str,
+    amount: str,
+    *,
+    currency: str,
+    kind: str,
+    command_id: str | None,
+) -> dict[str, Any]:
+    """A billing.funds event (the contract's shape)."""
+    body: dict[str, Any] = {
+        "event_id": event_id,
+        "tenant_id": tenant,
+        "kind": kind,
+        "amount": amount,
+        "currency": currency,
+    }
+    if command_id is not None:
+        body["command_id"] = command_id
+    return body
 
 
 def funds_msg(
@@ -583,15 +622,7 @@ def funds_msg(
     kind: str = "manual_add",
     command_id: str | None = None,
 ) -> tuple[bytes, bytes]:
-    body: dict[str, Any] = {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "kind": kind,
-        "amount": amount,
-        "currency": currency,
-    }
-    if command_id is not None:
-        body["command_id"] = command_id
+    body = funds_body(tenant, event_id, amount, currency=currency, kind=kind, command_id=command_id)
     return tenant.encode(), json.dumps(body).encode()
 
 
@@ -599,6 +630,28 @@ def recent_call_start(hours_ago: int = 1) -> str:
     """A call time inside the dedup horizon whenever the suite runs."""
     t = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours_ago)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cdr_body(
+    tenant: str,
+    cdr_id: str,
+    *,
+    product: str,
+    duration: int,
+    origin: str,
+    destination: str,
+    call_start: str,
+) -> dict[str, Any]:
+    """A CDR (the contract's shape)."""
+    return {
+        "cdr_id": cdr_id,
+        "tenant_id": tenant,
+        "product": product,
+        "call_start": call_start,
+        "duration_seconds": duration,
+        "origin": origin,
+        "destination": destination,
+    }
 
 
 def cdr_msg(
@@ -611,15 +664,13 @@ def cdr_msg(
     destination: str = "+14155550100",
     call_start: str | None = None,
 ) -> tuple[bytes, bytes]:
-    if call_start is None:
-        call_start = recent_call_start()
-    body = {
-        "cdr_id": cdr_id,
-        "tenant_id": tenant,
-        "product": product,
-        "call_start": call_start,
-        "duration_seconds": duration,
-        "origin": origin,
-        "destination": destination,
-    }
+    body = cdr_body(
+        tenant,
+        cdr_id,
+        product=product,
+        duration=duration,
+        origin=origin,
+        destination=destination,
+        call_start=recent_call_start() if call_start is None else call_start,
+    )
     return tenant.encode(), json.dumps(body).encode()

@@ -20,6 +20,7 @@ from rating.domain.ratecard import RateBook
 from rating.domain.rating import rate_cdr
 from rating.ingest import Envelope, Kind, Source, validate
 from rating.ledger import Ledger, Result
+from rating.testing import cdr_body, funds_body, settings_body
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 HORIZON = timedelta(days=7)
@@ -81,19 +82,9 @@ def settings_doc(
     alert: str | None = None,
     plan: str = "standard",
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "tenant_id": tenant,
-        "currency": currency,
-        "plan": plan,
-        "auto_recharge": {
-            "enabled": enabled,
-            "recharge_amount": amount,
-            "trigger_balance": trigger,
-        },
-    }
-    if alert is not None:
-        doc["low_balance_alert"] = alert
-    return doc
+    return settings_body(
+        tenant, currency, plan, enabled=enabled, amount=amount, trigger=trigger, low=alert
+    )
 
 
 def cdr_doc(
@@ -105,15 +96,15 @@ def cdr_doc(
     call_start: datetime = T0 - timedelta(hours=1),
     product: str = "conferencing_dialout",
 ) -> dict[str, Any]:
-    return {
-        "cdr_id": cdr_id,
-        "tenant_id": tenant,
-        "product": product,
-        "call_start": call_start.isoformat().replace("+00:00", "Z"),
-        "duration_seconds": duration,
-        "origin": "+14155550100",
-        "destination": destination,
-    }
+    return cdr_body(
+        tenant,
+        cdr_id,
+        product=product,
+        duration=duration,
+        origin="+14155550100",
+        destination=destination,
+        call_start=call_start.isoformat().replace("+00:00", "Z"),
+    )
 
 
 def funds_doc(
@@ -125,16 +116,7 @@ def funds_doc(
     currency: str = "USD",
     command_id: str | None = None,
 ) -> dict[str, Any]:
-    doc = {
-        "event_id": event_id,
-        "tenant_id": tenant,
-        "kind": kind,
-        "amount": amount,
-        "currency": currency,
-    }
-    if command_id is not None:
-        doc["command_id"] = command_id
-    return doc
+    return funds_body(tenant, event_id, amount, currency=currency, kind=kind, command_id=command_id)
 
 
 def envelope(kind: Kind, doc: dict[str, Any], src_offset: int, partition: int = 0) -> Envelope:
