@@ -26,8 +26,10 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # type: ignore[import-untyped]
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
@@ -517,6 +519,12 @@ class Worker:
         if wait_ready:
             self.wait_ready(timeout)
         return self
+
+    def balance(self, tenant: str) -> Decimal | None:
+        """The tenant's balance as this worker answers it (any worker forwards to the owner);
+        None while the tenant is unknown or the worker cannot answer."""
+        status, body = http_get(f"{self.url}/tenants/{quote(tenant, safe='')}")
+        return Decimal(json.loads(body)["balance"]) if status == 200 else None
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:

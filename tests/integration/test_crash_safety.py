@@ -179,11 +179,6 @@ async def _committed(env: Env) -> dict[tuple[str, int], int | None]:
         await consumer.stop()
 
 
-def _balance(worker: Worker, tenant: str) -> Decimal | None:
-    status, body = http_get(f"{worker.url}/tenants/{tenant}")
-    return Decimal(json.loads(body)["balance"]) if status == 200 else None
-
-
 @pytest.mark.parametrize(
     "data_dir",
     [
@@ -203,13 +198,13 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
     a.start()
     c.start()
     produce(b, env.topic("tenant_settings"), [settings_msg(t, cur) for t, cur in TENANTS.items()])
-    wait_until(lambda: all(_balance(a, t) is not None for t in TENANTS), 60, "tenants exist")
+    wait_until(lambda: all(a.balance(t) is not None for t in TENANTS), 60, "tenants exist")
     produce(
         b,
         env.topic("funds"),
         [funds_msg(t, f"fund-{t}", str(FUNDS), currency=cur) for t, cur in TENANTS.items()],
     )
-    wait_until(lambda: all(_balance(a, t) == FUNDS for t in TENANTS), 60, "funds applied")
+    wait_until(lambda: all(a.balance(t) == FUNDS for t in TENANTS), 60, "funds applied")
 
     rng = random.Random(20261122)
     cdrs = _cdrs(2400, rng)
@@ -290,7 +285,7 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
     for tenant, total in spent.items():
         expected = FUNDS - total
         settled = wait_until(
-            lambda t=tenant, e=expected: _balance(a, t) == e,
+            lambda t=tenant, e=expected: a.balance(t) == e,
             30,
             f"{tenant}'s balance to settle at {expected}",
             fail=False,
@@ -304,7 +299,7 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
             c.url,
         )
         # Either worker answers, whoever owns the partition.
-        assert _balance(c, tenant) == expected
+        assert c.balance(tenant) == expected
 
     # The SRE's final check after an incident: every balance recomputed from the topics
     # (funds, charges deduplicated by cdr_id, rejections) equals what the workers hold.

@@ -35,7 +35,6 @@ from tests.integration.harness import (
     Worker,
     cdr_msg,
     funds_msg,
-    http_get,
     produce,
     read_json,
     read_topic,
@@ -51,11 +50,6 @@ FUNDS = Decimal("100.00")
 # transport subclass, another change). Until it exists Faust reads uncommitted records and the
 # transaction test must fail; strict, so it fails loudly once it unexpectedly passes.
 READ_COMMITTED = importlib.util.find_spec("rating.streaming.transport") is not None
-
-
-def _balance(worker: Worker, tenant: str) -> Decimal | None:
-    status, body = http_get(f"{worker.url}/tenants/{tenant}")
-    return Decimal(json.loads(body)["balance"]) if status == 200 else None
 
 
 def _reference_amount(raw: bytes) -> Decimal:
@@ -119,7 +113,7 @@ def test_only_committed_transactions_are_charged(
     tenant = "txn-tenant"
     produce(env.bootstrap, env.topic("tenant_settings"), [settings_msg(tenant)])
     produce(env.bootstrap, env.topic("funds"), [funds_msg(tenant, "txn-fund", str(FUNDS))])
-    wait_until(lambda: _balance(w, tenant) == FUNDS, 60, "funds applied")
+    wait_until(lambda: w.balance(tenant) == FUNDS, 60, "funds applied")
 
     committed = [cdr_msg(tenant, f"committed-{i}", duration=60 + i) for i in range(20)]
     aborted = [cdr_msg(tenant, f"aborted-{i}", duration=600 + i) for i in range(20)]
@@ -140,9 +134,10 @@ def test_only_committed_transactions_are_charged(
     expected_ids = {json.loads(v)["cdr_id"] for _, v in committed + last}
     assert set(charges) == expected_ids
     spent = sum((_reference_amount(v) for _, v in committed + last), Decimal(0))
-    assert wait_until(
-        lambda: _balance(w, tenant) == FUNDS - spent, 30, "the balance", fail=False
-    ), (_balance(w, tenant), FUNDS - spent)
+    assert wait_until(lambda: w.balance(tenant) == FUNDS - spent, 30, "the balance", fail=False), (
+        w.balance(tenant),
+        FUNDS - spent,
+    )
 
 
 def describe_group(bootstrap: str, group: str) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import json
 import subprocess
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
 
 from rating.broker import free_port
 from tests.integration.harness import (
@@ -14,18 +13,12 @@ from tests.integration.harness import (
     Worker,
     cdr_msg,
     funds_msg,
-    http_get,
     produce,
     read_json,
     reconcile,
     settings_msg,
     wait_until,
 )
-
-
-def _balance(worker: Worker, tenant: str) -> Decimal | None:
-    status, body = http_get(f"{worker.url}/tenants/{quote(tenant, safe='')}")
-    return Decimal(json.loads(body)["balance"]) if status == 200 else None
 
 
 def _explain(proc: subprocess.CompletedProcess[str]) -> str:
@@ -42,8 +35,8 @@ def test_reconcile_finds_no_drift_then_the_planted_one(
     worker.start()
     acme, other = "acme/eu", "other%1"  # ids that need percent-encoding in the URL
     produce(b, env.topic("tenant_settings"), [settings_msg(acme), settings_msg(other, "EUR")])
-    wait_until(lambda: _balance(worker, acme) is not None, 60, "acme to exist")
-    wait_until(lambda: _balance(worker, other) is not None, 60, "other to exist")
+    wait_until(lambda: worker.balance(acme) is not None, 60, "acme to exist")
+    wait_until(lambda: worker.balance(other) is not None, 60, "other to exist")
     produce(
         b,
         env.topic("funds"),
@@ -77,7 +70,7 @@ def test_reconcile_finds_no_drift_then_the_planted_one(
         spent[c["tenant_id"]] += Decimal(c["amount"])
     expected = {acme: Decimal("20.00") - spent[acme], other: Decimal("5.00") - spent[other]}
     for t, e in expected.items():
-        wait_until(lambda t=t, e=e: _balance(worker, t) == e, 60, f"{t}'s balance {e}")
+        wait_until(lambda t=t, e=e: worker.balance(t) == e, 60, f"{t}'s balance {e}")
 
     ok = reconcile(env, urls=[worker.url])
     assert ok.returncode == 0, _explain(ok)
@@ -96,7 +89,7 @@ def test_reconcile_finds_no_drift_then_the_planted_one(
     [line] = [ln for ln in drift.stdout.splitlines() if ln.startswith("DRIFT")]
     assert line == (
         f"DRIFT tenant={acme} expected={expected[acme] - Decimal('1.2345')} "
-        f"answered={_balance(worker, acme)} difference=+1.2345 currency=USD"
+        f"answered={worker.balance(acme)} difference=+1.2345 currency=USD"
     ), _explain(drift)
     assert "re-checking" in drift.stderr, _explain(drift)
     assert "2 tenants checked, 1 drifted (0 unknown)" in drift.stdout, _explain(drift)

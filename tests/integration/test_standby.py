@@ -24,7 +24,6 @@ from tests.integration.harness import (
     Worker,
     cdr_msg,
     funds_msg,
-    http_get,
     produce,
     read_topic,
     settings_msg,
@@ -51,11 +50,6 @@ def _table_after(text: str, title: str) -> dict[int, int]:
     return rows
 
 
-def _balance(worker: Worker, tenant: str) -> Decimal | None:
-    status, body = http_get(f"{worker.url}/tenants/{tenant}")
-    return Decimal(json.loads(body)["balance"]) if status == 200 else None
-
-
 def _charged(env: Env) -> dict[str, Decimal]:
     """cdr_id -> amount of every Charge on the topic (copies of one Charge are the same)."""
     return {
@@ -80,7 +74,7 @@ def test_a_standby_takes_over_a_killed_workers_partitions_without_replaying_them
     victim.start()
     survivor.start()
     produce(b, env.topic("tenant_settings"), [settings_msg(t) for t in TENANTS])
-    wait_until(lambda: all(_balance(survivor, t) is not None for t in TENANTS), 60, "tenants")
+    wait_until(lambda: all(survivor.balance(t) is not None for t in TENANTS), 60, "tenants")
     produce(b, env.topic("funds"), [funds_msg(t, f"fund-{t}", str(FUNDS)) for t in TENANTS])
     cdrs = [
         cdr_msg(TENANTS[i % len(TENANTS)], f"sb-cdr-{i:04d}", duration=60 + i % 300)
@@ -119,9 +113,9 @@ def test_a_standby_takes_over_a_killed_workers_partitions_without_replaying_them
         t: sum((a for c, a in charged.items() if tenant_of[c] == t), Decimal(0)) for t in TENANTS
     }
     settled = wait_until(
-        lambda: all(_balance(survivor, t) == FUNDS - spent[t] for t in TENANTS),
+        lambda: all(survivor.balance(t) == FUNDS - spent[t] for t in TENANTS),
         60,
         "exact balances on the survivor",
         fail=False,
     )
-    assert settled, {t: (str(FUNDS - spent[t]), str(_balance(survivor, t))) for t in TENANTS}
+    assert settled, {t: (str(FUNDS - spent[t]), str(survivor.balance(t))) for t in TENANTS}

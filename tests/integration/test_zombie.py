@@ -51,11 +51,6 @@ def _charges(env: Env) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _balance(worker: Worker, tenant: str) -> Decimal | None:
-    status, body = http_get(f"{worker.url}/tenants/{tenant}")
-    return Decimal(json.loads(body)["balance"]) if status == 200 else None
-
-
 def _owned_ledger_partitions(env: Env, worker: Worker) -> float:
     status, text = http_get(f"{worker.url}/metrics")
     if status != 200:
@@ -136,12 +131,12 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
     zombie.start()
     survivor.start()
     produce(b, env.topic("tenant_settings"), [settings_msg(t) for t in TENANTS])
-    wait_until(lambda: all(_balance(survivor, t) is not None for t in TENANTS), 60, "tenants")
+    wait_until(lambda: all(survivor.balance(t) is not None for t in TENANTS), 60, "tenants")
     produce(b, env.topic("funds"), [funds_msg(t, f"fund-{t}", str(FUNDS)) for t in TENANTS])
     funded = wait_until(
-        lambda: all(_balance(survivor, t) == FUNDS for t in TENANTS), 60, "funds", fail=False
+        lambda: all(survivor.balance(t) == FUNDS for t in TENANTS), 60, "funds", fail=False
     )
-    assert funded, {t: _balance(survivor, t) for t in TENANTS}
+    assert funded, {t: survivor.balance(t) for t in TENANTS}
     wait_until(
         lambda: 0 < _owned_ledger_partitions(env, zombie) < env.partitions,
         60,
@@ -204,10 +199,10 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
     expected = _expected_balances(sent)
 
     def balances_settled(*ws: Worker) -> bool:
-        return all(_balance(w, t) == expected[t] for w in ws for t in TENANTS)
+        return all(w.balance(t) == expected[t] for w in ws for t in TENANTS)
 
     live = wait_until(lambda: balances_settled(zombie, survivor), 60, "balances", fail=False)
-    assert live, {t: (str(expected[t]), str(_balance(survivor, t))) for t in TENANTS}
+    assert live, {t: (str(expected[t]), str(survivor.balance(t))) for t in TENANTS}
 
     # State lost to a zombie's late changelog writes shows up once the state is recovered.
     zombie.stop()
@@ -217,4 +212,4 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
     for w in fresh:
         w.start()
     recovered = wait_until(lambda: balances_settled(*fresh), 90, "recovered", fail=False)
-    assert recovered, {t: (str(expected[t]), str(_balance(fresh[0], t))) for t in TENANTS}
+    assert recovered, {t: (str(expected[t]), str(fresh[0].balance(t))) for t in TENANTS}
