@@ -347,9 +347,7 @@ class Consumer(faust_aiokafka.Consumer):
             # No committed offset: the consumer starts where its reset policy says. Looked up
             # in the background: this runs inside Faust's fetch loop too, which must not wait
             # on the broker in the middle of a rebalance. Until then no commit for them.
-            lookup = asyncio.ensure_future(self._look_up_starts(fresh))
-            self._lookups.add(lookup)
-            lookup.add_done_callback(self._lookups.discard)
+            self._in_background(self._look_up_starts(fresh))
         return committed
 
     async def _look_up_starts(self, tps: list[TP]) -> None:
@@ -364,6 +362,12 @@ class Consumer(faust_aiokafka.Consumer):
         for tp in tps:
             if tp not in self._start and starts.get(tp) is not None:
                 self._start[tp] = starts[tp]
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task kept until done (``starts_known`` waits for them)."""
+        task = asyncio.ensure_future(work)
+        self._lookups.add(task)
+        task.add_done_callback(self._lookups.discard)
 
     async def starts_known(self) -> None:
         """Wait for the partition starts being looked up (tests)."""
@@ -408,9 +412,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._log_hole(tp, start, lowest)
         if rounds[1] == self.HOLE_ROUNDS:
             log.warning("reading %s:%s again from offset %s", tp.topic, tp.partition, start)
-            reread = asyncio.ensure_future(self._read_again(tp, start))
-            self._lookups.add(reread)
-            reread.add_done_callback(self._lookups.discard)
+            self._in_background(self._read_again(tp, start))
             # Reading takes a while: wait much longer before reading it again (never a loop).
             self._blocked[tp] = (start, -20 * self.HOLE_ROUNDS)
 
