@@ -47,14 +47,14 @@ def run_worker() -> int:
     if created:
         print(f"rating worker: created topics {', '.join(created)}", flush=True)
 
-    from faust.worker import Worker
+    from rating.streaming.faust_worker import QuietWorker
 
     print(
         f"rating worker: app {settings.app_id} on {settings.kafka_bootstrap}, "
         f"http://{settings.web_advertised_host}:{settings.web_port}/metrics",
         flush=True,
     )
-    worker = Worker(
+    worker = QuietWorker(
         pipeline.app, loglevel=settings.log_level.lower(), quiet=True, override_logging=True
     )
     # Faust leaves the root logger where its own loglevel says; aiokafka is chatty at INFO.
