@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from rating.coalescing import CoalescingLog
 from rating.contracts import CDR, Charge, Rate, RateCard
 from rating.domain.account import RechargePolicy
 from rating.domain.ratecard import RateBook
@@ -199,20 +200,42 @@ class Changelog(MutableMapping[str, Any]):
 
     Values are stored and logged as JSON round trips: that is what survives a real changelog,
     and it catches a value that Faust could not serialise.
+
+    ``coalesce=True`` is the worker's TableStore: writes are visible at once but reach the
+    log only at :meth:`flush`, through :class:`rating.coalescing.CoalescingLog` (each key
+    once, in its order). Without it every write is logged as it is made.
     """
 
-    def __init__(self, log: list[tuple[str, Any]] | None = None) -> None:
+    def __init__(self, log: list[tuple[str, Any]] | None = None, coalesce: bool = False) -> None:
         self.log: list[tuple[str, Any]] = []
         self.data: dict[str, Any] = {}
+        self.coalesce = coalesce
+        self._pending: CoalescingLog[Any] = CoalescingLog()
         for key, value in log or []:
-            self._apply(key, value)
+            self._log(key, value)
 
-    def _apply(self, key: str, value: Any) -> None:
+    def _log(self, key: str, value: Any) -> None:
         self.log.append((key, value))
         if value is None:
             self.data.pop(key, None)
         else:
             self.data[key] = value
+
+    def _apply(self, key: str, value: Any) -> None:
+        if not self.coalesce:
+            self._log(key, value)
+            return
+        if value is None:
+            self.data.pop(key, None)
+            self._pending.delete(key, None)
+        else:
+            self.data[key] = value
+            self._pending.put(key, value)
+
+    def flush(self) -> None:
+        """Send what the batch wrote (a no-op unless ``coalesce``)."""
+        for key, value in self._pending.drain():
+            self.log.append((key, value))
 
     def __getitem__(self, key: str) -> Any:
         return copy.deepcopy(self.data[key])
@@ -232,8 +255,8 @@ class Changelog(MutableMapping[str, Any]):
         return len(self.data)
 
     def crashed(self, keep: int) -> Changelog:
-        """The store recovered from the first ``keep`` changelog records."""
-        return Changelog(self.log[:keep])
+        """The store recovered from the first ``keep`` changelog records (what was sent)."""
+        return Changelog(self.log[:keep], coalesce=self.coalesce)
 
 
 @dataclass
@@ -362,8 +385,10 @@ def run_batches(
                 if out.role == "charges":
                     doc = json.loads(out.value)
                     charges.setdefault((doc["tenant_id"], doc["cdr_id"]), set()).add(out.value)
+        log.flush()
         durable = len(log.log)
         ledger.published(0, last - 1)
+        log.flush()
         batches.append(Batch(first, durable, len(log.log), charges))
     return batches
 

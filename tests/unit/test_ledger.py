@@ -413,8 +413,10 @@ def test_random_crashes_and_redeliveries_never_double_charge(
 # --- the outbox: crashes around publication -------------------------------------------------
 
 
-def check_outbox_crash(scenario: Scenario, size: int, from_zero: bool) -> None:
-    original = Changelog()
+def check_outbox_crash(
+    scenario: Scenario, size: int, from_zero: bool, coalesce: bool = False
+) -> None:
+    original = Changelog(coalesce=coalesce)
     batches = run_batches(new_ledger(original), scenario.messages, 0, size, original)
     assert not any(k.startswith("o/") for k in original)  # every entry cleared
     charged = set(scenario.cdrs)
@@ -455,6 +457,33 @@ def test_random_scenarios_crashed_around_publication_publish_every_charge(
     scenario: Scenario, size: int
 ) -> None:
     check_outbox_crash(scenario, size, from_zero=False)
+
+
+@pytest.mark.parametrize("size", [1, 3, 12])
+@pytest.mark.parametrize("from_zero", [False, True], ids=["from-commit", "from-zero"])
+def test_every_crash_prefix_of_coalesced_batches_publishes_each_charge_once_in_content(
+    size: int, from_zero: bool
+) -> None:
+    # The worker's order (rating.coalescing): each key once per batch, at its last write.
+    check_outbox_crash(fixed_scenario(), size, from_zero, coalesce=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios(), size=st.integers(1, 8))
+def test_random_scenarios_in_coalesced_batches_crashed_anywhere_publish_every_charge_once(
+    scenario: Scenario, size: int
+) -> None:
+    check_outbox_crash(scenario, size, from_zero=False, coalesce=True)
+
+
+def test_coalesced_batches_write_fewer_changelog_records() -> None:
+    # What coalescing is for: the account is written once per batch, not once per record.
+    def records(coalesce: bool) -> int:
+        log = Changelog(coalesce=coalesce)
+        run_batches(new_ledger(log), fixed_scenario().messages, 0, 12, log)
+        return len(log.log)
+
+    assert records(coalesce=True) < records(coalesce=False)
 
 
 def test_a_redelivered_record_whose_outputs_were_acked_publishes_nothing() -> None:

@@ -175,8 +175,11 @@ def test_held_rejections_are_kept_only_until_published() -> None:
 Message = tuple[Kind, dict[str, Any]]
 
 
-def onboarding() -> list[Envelope]:
-    """Two tenants whose first funds (and a CDR) reach the ledger before their settings."""
+def onboarding(busy: bool = False) -> list[Envelope]:
+    """Two tenants whose first funds (and a CDR) reach the ledger before their settings.
+
+    ``busy``: t1's CDR "c" comes right after its settings, so a batch holding both applies
+    the held messages (deleting them) and then rewrites the account."""
     msgs: list[Message] = [
         ("funds", funds_doc("f1", "t1", amount="20.00")),
         ("cdr", cdr_doc("a", "t1", duration=61)),
@@ -188,6 +191,8 @@ def onboarding() -> list[Envelope]:
         ("settings", settings_doc("t2")),
         ("cdr", cdr_doc("c", "t1", duration=600)),
     ]
+    if busy:
+        msgs.insert(5, msgs.pop())
     return [envelope(kind, doc, 7000 + i) for i, (kind, doc) in enumerate(msgs)]
 
 
@@ -263,8 +268,24 @@ def test_every_crash_prefix_of_an_onboarding_around_publication_publishes_every_
 ) -> None:
     # The held charges are published by the creating settings record's batch: a crash
     # before, during or after its outbox deletes still publishes each one, same bytes.
-    messages = onboarding()
-    original = Changelog()
+    check_onboarding_batches(size, coalesce=False)
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
+@pytest.mark.parametrize("size", [1, 4, 6, 9])
+def test_every_crash_prefix_of_an_onboarding_in_coalesced_batches_applies_everything_once(
+    size: int, busy: bool
+) -> None:
+    # Coalesced (rating.coalescing). Busy, batches of 4: the held messages came in the first
+    # batch; in the second the settings record applies and deletes them, and the next CDR
+    # rewrites the account. Were that account write moved past the deletes, a prefix would
+    # keep the deletes without the account, and the held funds and CDR would be gone.
+    check_onboarding_batches(size, coalesce=True, busy=busy)
+
+
+def check_onboarding_batches(size: int, coalesce: bool, busy: bool = False) -> None:
+    messages = onboarding(busy)
+    original = Changelog(coalesce=coalesce)
     batches = run_batches(hold_ledger(original), messages, 0, size, original)
     for keep in range(len(original.log) + 1):
         store = original.crashed(keep)
