@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -93,15 +94,13 @@ def test_table_store_holds_writes_until_the_changelog_is_acked(table: Any) -> No
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
 
-        def send_changelog(partition: int, key: str, value: Any, **_: Any) -> Any:
+        async def send(partition: int, key: str, value: Any) -> Any:
             sent.append((partition, key, value))
             fut = loop.create_future()
-            fut.set_result(None)
-            table.data.set_persisted_offset(TP("changelog", partition), len(sent))
+            fut.set_result(SimpleNamespace(partition=partition, offset=len(sent)))
             return fut
 
-        table.send_changelog = send_changelog
-        store = TableStore(table, partition_for)
+        store = TableStore(table, partition_for, send)
         store.seal = False
         store.partition = p
         store[tenant_key] = {"lo": 1}

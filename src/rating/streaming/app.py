@@ -227,12 +227,15 @@ class Pipeline:
     async def publish(self, outputs: list[Output]) -> None:
         await self.send_all([(out.role, out.key, out.value) for out in outputs])
 
-    def clear_outbox(self, upto: dict[int, int]) -> None:
+    async def clear_outbox(self, upto: dict[int, int]) -> None:
         """The batch's outputs are acked: delete its outbox entries (``upto``: partition ->
         the batch's last ledger offset there), each in its tenant's changelog partition."""
         for partition, offset in upto.items():
             self.store.partition = partition
             self.ledger.published(partition, offset)
+        # Into the producer now: Faust flushes the producer before it commits the batch's
+        # input offsets, and no outbox entry may outlive its record's commit.
+        await self.store.flush()
 
     def count_results(self, done: Sequence[tuple[Result, float | None]]) -> None:
         """A batch's results -> the metrics. Charges, the bulk, are summed per label set and
@@ -497,7 +500,7 @@ def _register_agents(p: Pipeline) -> None:
         m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
         m.ledger_batch_size.observe(len(events))
         await p.publish(outputs)
-        p.clear_outbox(upto)
+        await p.clear_outbox(upto)
         p.count_results(done)
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())

@@ -13,8 +13,20 @@ RocksDB writes are held in ``_overlay`` until the batch's changelog is acked and
 written with the offset they reach (see :mod:`rating.streaming.rocks`: write-behind, so the
 local database is always a prefix of the changelog); reads see the overlay first.
 
-Each write's delivery future is kept, so the ledger can wait until the broker has acked
-the state of a batch before it publishes that batch's outputs (see ``durable``).
+Changelog records are not sent as the ledger writes: a batch's writes are coalesced
+(:mod:`rating.coalescing`: each key once, at its last write, deletions as barriers) and sent
+by :meth:`TableStore.flush`, which ``durable`` calls and the adapter calls after the outbox
+deletes (so they are in the producer before Faust's pre-commit flush). An account that ten
+CDRs of a batch debit is one changelog record, not ten. Each record's delivery future is
+kept, so the ledger can wait until the broker has acked the state of a batch before it
+publishes that batch's outputs (see ``durable``).
+
+The records go to the Kafka client directly (:func:`raw_sender`: the changelog topic's own
+``prepare_key``/``prepare_value``, so the bytes are the ones Faust's ``send_changelog``
+would write, then ``app.producer.send``), not through Faust's ``send_soon`` buffer, whose
+per-record bookkeeping was the largest cost of a ledger batch. What Faust's send callback
+did, storing the acked changelog offset in the store (``set_persisted_offset``: what lets a
+RocksDB restart replay only the tail), ``durable`` does once per partition per batch.
 
 Sealing: some Kafka-protocol brokers (the embedded Tansu among them) report a partition's
 end offset as "base offset of the last record batch + 1". Faust's recovery reads the
@@ -27,10 +39,13 @@ batch, so the reported end is the true end. Offsets are committed only after the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
+from faust.types import TP
+
+from rating.coalescing import CoalescingLog
 from rating.keys import tenant_of
 from rating.partitioning import partition_of
 from rating.streaming import rocks
@@ -49,13 +64,51 @@ def key_partitioner(partitions: int) -> Callable[[str], int]:
     return lambda key: of_tenant(tenant_of(key))
 
 
+class Acked(Protocol):
+    """What the Kafka client answers for an acked record (aiokafka's RecordMetadata)."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+#: Sends one changelog record (partition, key, value; None: a tombstone) to the Kafka client
+#: and returns once it is queued there, with the future of its ack.
+ChangelogSend = Callable[[int, str, Any], Awaitable[Awaitable[Acked]]]
+
+
+def raw_sender(table: Any) -> ChangelogSend:
+    """Changelog records straight to the app's producer, serialized as Faust would."""
+    topic = table.changelog_topic
+
+    async def send(partition: int, key: str, value: Any) -> Awaitable[Acked]:
+        raw_key = topic.prepare_key(key, None)[0]
+        raw_value = None if value is None else topic.prepare_value(value, None)[0]
+        name = topic.get_topic_name()
+        ack: Awaitable[Acked] = await table.app.producer.send(
+            name, raw_key, raw_value, partition, None, None
+        )
+        return ack
+
+    return send
+
+
 class TableStore(MutableMapping[str, Any]):
-    def __init__(self, table: Any, partition_for: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        table: Any,
+        partition_for: Callable[[str], int],
+        send: ChangelogSend | None = None,
+    ) -> None:
         self.table = table
         self.partition = 0  # the changelog partition of writes: the record being applied
         self.partition_for = partition_for
         self.seal = True
-        self._pending: list[Any] = []
+        self._send = send or raw_sender(table)
+        self._log: CoalescingLog[tuple[int, Any]] = CoalescingLog()  # (partition, value)
+        self._pending: list[Any] = []  # sent, not known to be acked
         self._touched: set[int] = set()
         self._overlay: dict[str, Any] = {}  # RocksDB only: written, not yet acked
 
@@ -90,8 +143,7 @@ class TableStore(MutableMapping[str, Any]):
             self.table.data[key] = value
         else:
             self._overlay[key] = value
-        self._pending.append(self.table.send_changelog(self.partition, key, value))
-        self._touched.add(self.partition)
+        self._log.put(key, (self.partition, value))
 
     def __delitem__(self, key: str) -> None:
         db = self.rocks
@@ -99,23 +151,33 @@ class TableStore(MutableMapping[str, Any]):
             del self.table.data[key]
         else:
             self._overlay[key] = rocks.DELETED
-        self._pending.append(
-            self.table.send_changelog(self.partition, key, None, value_serializer="raw")
-        )
-        self._touched.add(self.partition)
+        self._log.delete(key, (self.partition, None))
+
+    async def flush(self) -> None:
+        """Send every changelog record written so far (coalesced) to the Kafka client."""
+        for key, (partition, value) in self._log.drain():
+            self._pending.append(await self._send(partition, key, value))
+            self._touched.add(partition)
 
     async def durable(self) -> None:
         """Wait until every changelog record written so far is acked by the broker."""
+        await self.flush()
         pending, self._pending = self._pending, []
         touched, self._touched = self._touched, set()
-        if pending:
-            await asyncio.gather(*pending)
+        acked: list[Acked] = list(await asyncio.gather(*pending)) if pending else []
         if self.seal and touched:
             seals = [
-                self.table.send_changelog(p, f"{SEAL_PREFIX}{p}", {"sealed": True})
-                for p in sorted(touched)
+                await self._send(p, f"{SEAL_PREFIX}{p}", {"sealed": True}) for p in sorted(touched)
             ]
-            await asyncio.gather(*seals)
+            acked += await asyncio.gather(*seals)
+        reached: dict[int, int] = {}
+        for ack in acked:
+            reached[ack.partition] = max(ack.offset, reached.get(ack.partition, -1))
+        name = self.table.changelog_topic.get_topic_name()
+        for partition, offset in reached.items():
+            # What Faust's own send callback does for each record (rocks.py keeps it with the
+            # state it covers); the memory store ignores it.
+            self.table.data.set_persisted_offset(TP(name, partition), offset)
         db = self.rocks
         if db is not None:
             overlay, self._overlay = self._overlay, {}
