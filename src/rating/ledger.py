@@ -191,6 +191,8 @@ _CODE_ROLES: dict[str, Role] = {v: k for k, v in _ROLE_CODES.items()}
 EXPIRY_GRACE = timedelta(hours=1)
 #: Bound the tombstones one tick writes so a tick never stalls the partition.
 MAX_EXPIRE_PER_TICK = 5000
+#: Decoded accounts kept for reuse (see ``Ledger._load``); ~1 KB each.
+DECODED_ACCOUNTS_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,6 +440,8 @@ class Ledger:
         # partition -> tick offset -> held keys a version-2 tick rejected (state version 2
         # kept the rejection in the held key; a replayed tick republishes it).
         self._legacy_rejected: dict[int, dict[int, list[str]]] = {}
+        # tenant -> (the account record last written or read, its decoded Account)
+        self._decoded: dict[str, tuple[Any, Account]] = {}
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -453,7 +457,20 @@ class Ledger:
         rec = self.store.get(account_key(tenant))
         if rec is None:
             return None, -1
-        return Account.from_dict(rec["acct"]), int(rec["lo"])
+        # The Account this ledger wrote, while the store still holds that very record (a
+        # batch debits a tenant ~10 times): no dict -> Account per message. A record read
+        # back from RocksDB or recovered is a new object, so it is decoded.
+        known = self._decoded.get(tenant)
+        if known is not None and known[0] is rec:
+            return known[1], int(rec["lo"])
+        account = Account.from_dict(rec["acct"])
+        self._remember(tenant, rec, account)
+        return account, int(rec["lo"])
+
+    def _remember(self, tenant: str, rec: Any, account: Account) -> None:
+        if len(self._decoded) >= DECODED_ACCOUNTS_MAX:
+            self._decoded.clear()  # a bound, not an LRU: a batch refills what it uses
+        self._decoded[tenant] = (rec, account)
 
     def _begin(self, partition: int, offset: int, now: datetime, tenant: str) -> _Writes:
         account, lo = self._load(tenant)
@@ -482,7 +499,9 @@ class Ledger:
             for row in record_activity(self.store, w.charges, w.funds, w.activity_lo):
                 heapq.heappush(self._expiry.setdefault(w.partition, []), row)
         if w.save_lo is not None and w.account is not None:
-            self.store[account_key(w.tenant)] = {"acct": w.account.to_dict(), "lo": w.save_lo}
+            rec = {"acct": w.account.to_dict(), "lo": w.save_lo}
+            self.store[account_key(w.tenant)] = rec
+            self._remember(w.tenant, rec, w.account)
             self._track(w.partition, w.account)
         for key in w.deletes:
             if key in self.store:
@@ -869,6 +888,7 @@ class Ledger:
         self._expiry[partition] = heap
 
     def forget(self, partition: int) -> None:
+        self._decoded.clear()
         self._due.pop(partition, None)
         self._expiry.pop(partition, None)
         self._held.pop(partition, None)

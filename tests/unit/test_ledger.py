@@ -24,6 +24,7 @@ from rating.contracts import (
     Rejection,
     RejectReason,
 )
+from rating.domain.account import Account
 from rating.domain.ratecard import RateBook
 from rating.ingest import Envelope, Source, validate
 from rating.keys import tenant_of
@@ -945,3 +946,35 @@ def test_an_unexpected_error_parks_the_message_as_internal_error_without_touchin
         envelope("cdr", doc, src_offset=2), 0, 2, T0
     )
     assert ok.outcome == "charged"
+
+
+# --- the decoded-account cache ----------------------------------------------------------------
+
+
+def test_an_account_written_by_the_ledger_is_not_decoded_again_while_the_store_holds_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ledger, feed = funded("100.00")  # a plain dict store: reads return the stored object
+    decoded = []
+    real = Account.from_dict
+    monkeypatch.setattr(Account, "from_dict", lambda d: decoded.append(1) or real(d))
+    for i in range(5):
+        feed.send("cdr", cdr_doc(f"k{i}", duration=61))
+    assert decoded == []
+    assert (
+        balance(ledger)
+        == Decimal("100.00") - 5 * expected_charge(cdr_doc("k0", duration=61)).amount
+    )
+
+
+def test_an_account_record_replaced_under_the_ledger_is_read_afresh() -> None:
+    # Recovery or RocksDB hand back a new record object: the ledger must use its content,
+    # never the Account it decoded from an earlier record.
+    ledger, feed = funded("10.00")
+    key = "a/t1"
+    rec = copy.deepcopy(ledger.store[key])
+    rec["acct"]["balance"] = "3.0000"
+    ledger.store[key] = rec
+    charge = expected_charge(cdr_doc("r1", duration=61))
+    feed.send("cdr", cdr_doc("r1", duration=61))
+    assert balance(ledger) == Decimal("3.0000") - charge.amount

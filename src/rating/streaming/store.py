@@ -21,10 +21,12 @@ CDRs of a batch debit is one changelog record, not ten. Each record's delivery f
 kept, so the ledger can wait until the broker has acked the state of a batch before it
 publishes that batch's outputs (see ``durable``).
 
-The records go to the Kafka client directly (:func:`raw_sender`: the changelog topic's own
-``prepare_key``/``prepare_value``, so the bytes are the ones Faust's ``send_changelog``
-would write, then ``app.producer.send``), not through Faust's ``send_soon`` buffer, whose
-per-record bookkeeping was the largest cost of a ledger batch. What Faust's send callback
+The records go to the Kafka client directly (:func:`raw_sender`: ``app.producer.send``), not
+through Faust's ``send_soon`` buffer, whose per-record bookkeeping was the largest cost of
+a ledger batch. Keys and values are encoded as Faust's JSON codec encodes them (the stdlib
+encoder, compact; ``tests/unit/test_table_store.py`` pins the bytes against the changelog
+topic's own ``prepare_key``/``prepare_value``, which cost ~7% of the worker through
+Faust's serializer registry): log compaction matches keys by their bytes. What Faust's send callback
 did, storing the acked changelog offset in the store (``set_persisted_offset``: what lets a
 RocksDB restart replay only the tail), ``durable`` does once per partition per batch.
 
@@ -39,6 +41,7 @@ batch, so the reported end is the true end. Offsets are committed only after the
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from functools import lru_cache
 from typing import Any, Protocol
@@ -79,16 +82,24 @@ class Acked(Protocol):
 ChangelogSend = Callable[[int, str, Any], Awaitable[Awaitable[Acked]]]
 
 
+def encode_key(key: str) -> bytes:
+    """A state key as Faust's JSON codec writes it on the changelog (a JSON string)."""
+    return json.dumps(key).encode()
+
+
+def encode_value(value: Any) -> bytes:
+    """A state value (JSON types only) as Faust's JSON codec writes it: compact JSON."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def raw_sender(table: Any) -> ChangelogSend:
-    """Changelog records straight to the app's producer, serialized as Faust would."""
+    """Changelog records straight to the app's producer, encoded as Faust would."""
     topic = table.changelog_topic
 
     async def send(partition: int, key: str, value: Any) -> Awaitable[Acked]:
-        raw_key = topic.prepare_key(key, None)[0]
-        raw_value = None if value is None else topic.prepare_value(value, None)[0]
-        name = topic.get_topic_name()
+        raw_value = None if value is None else encode_value(value)
         ack: Awaitable[Acked] = await table.app.producer.send(
-            name, raw_key, raw_value, partition, None, None
+            topic.get_topic_name(), encode_key(key), raw_value, partition, None, None
         )
         return ack
 
