@@ -97,7 +97,10 @@ class Settings(BaseSettings):
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
     # Ledger batches: up to this many records or this long, then one changelog flush.
     batch_max: Annotated[int, Field(ge=1, le=10000)] = 500
-    batch_seconds: Annotated[float, Field(gt=0, le=5)] = 0.05
+    # A batch waits at most this long for more records: at saturation batches fill to
+    # batch_max long before; below it, every hop's wait is latency (0.05 s: p50 ~230 ms,
+    # 0.01 s: ~160 ms at 400 CDRs/s; throughput the same within noise).
+    batch_seconds: Annotated[float, Field(gt=0, le=5)] = 0.01
     # Clock messages drive recharge retries/timeouts and dedup expiry.
     tick_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
