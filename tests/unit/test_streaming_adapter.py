@@ -11,7 +11,8 @@ import asyncio
 import inspect
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -24,13 +25,15 @@ from prometheus_client import generate_latest
 
 from rating.contracts import Charge, Rejection
 from rating.ingest import Envelope
-from rating.ledger import Result
+from rating.ledger import Result, Role
 from rating.metrics import Metrics
 from rating.settings import Settings
-from rating.streaming import transport
+from rating.streaming import admin_ops, transport
 from rating.streaming.app import Pipeline, record_time
 from rating.streaming.clock import ManualClock, SystemClock
+from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.sensors import PER_EVENT_HOOKS, LeanMonitor
+from rating.streaming.transport import Action, UndecodableBatch
 from tests.integration.harness import cdr_msg, metric_value
 
 AT = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -312,3 +315,26 @@ def test_the_system_clock_is_utc() -> None:
     assert SystemClock().now().tzinfo is UTC
     with pytest.raises(ValueError, match="timezone-aware"):
         ManualClock(datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test
+
+
+def test_the_admin_pages_today_is_the_injected_clocks() -> None:
+    clock = ManualClock(datetime(2026, 12, 31, 23, 59, 30, tzinfo=UTC))
+    p = pipeline(clock)
+    assert admin_ops.today(p) == date(2026, 12, 31)
+    clock.advance(60)
+    assert admin_ops.today(p) == date(2027, 1, 1)
+
+
+def test_an_undecodable_batch_is_parked_at_the_injected_clocks_time() -> None:
+    p = pipeline(ManualClock(AT))
+    sent: list[bytes] = []
+
+    class Producer:
+        async def send_and_wait(self, topic: str, key: Any, value: bytes, *_: Any) -> None:
+            sent.append(value)
+
+    p.app = SimpleNamespace(producer=Producer())  # type: ignore[assignment]
+    p.sinks = {Role.REJECTED: FakeTopic("rating.rejected")}
+    batch = UndecodableBatch("cdr.audio-conferencing", 0, 10, 12, "lz4", "bad frame")
+    assert asyncio.run(undecodable_handler(p)(batch)) is Action.SKIP
+    assert json.loads(sent[0])["rejected_at"] == "2026-11-22T10:00:00Z"

@@ -3,7 +3,7 @@ one way to publish an admin change (to the contract topics, never into state dir
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, timedelta
 from typing import TYPE_CHECKING, Any
 
 from rating.contracts import AutoRecharge, FundsEvent, TenantSettings
@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 CHART_DAYS = 30
 
 
-def today() -> date:
-    return datetime.now(UTC).date()
+def today(p: Pipeline) -> date:
+    """Today's UTC date by the worker's (injected) clock."""
+    return p.clock.now().astimezone(UTC).date()
 
 
 def state_of(account: Account) -> dict[str, bool]:
@@ -55,7 +56,7 @@ def overview(p: Pipeline, tenant: str) -> dict[str, Any] | None:
     account = p.ledger.account(tenant)
     if account is None:
         return None
-    day = today()
+    day = today(p)
     first = min(day.replace(day=1), day - timedelta(days=CHART_DAYS - 1))
     return {
         "account": account.public_view(),

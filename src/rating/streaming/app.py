@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -495,9 +494,9 @@ def _register_agents(p: Pipeline) -> None:
             outputs.extend(result.outputs)
             done.append((result, started))
             upto[event.message.partition] = event.message.offset
-        flush_started = time.perf_counter()
+        flush_started = p.clock.monotonic()
         await p.store.durable()
-        m.ledger_flush_seconds.observe(time.perf_counter() - flush_started)
+        m.ledger_flush_seconds.observe(p.clock.monotonic() - flush_started)
         m.ledger_batch_size.observe(len(events))
         await p.publish(outputs)
         await p.clear_outbox(upto)

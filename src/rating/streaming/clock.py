@@ -22,6 +22,10 @@ class Clock(Protocol):
         """The current time in seconds since the epoch (for latency arithmetic)."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back (for durations)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -29,6 +33,9 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.perf_counter()
 
 
 class ManualClock:
@@ -43,6 +50,9 @@ class ManualClock:
         return self.at
 
     def time(self) -> float:
+        return self.at.timestamp()
+
+    def monotonic(self) -> float:
         return self.at.timestamp()
 
     def advance(self, seconds: float) -> None:

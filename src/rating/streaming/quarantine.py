@@ -21,7 +21,6 @@ codec library is a start-up error, never a parked batch.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from rating.contracts import RejectReason
@@ -51,7 +50,7 @@ def undecodable_handler(p: Pipeline) -> UndecodableHandler:
             f"of {batch.topic} partition {batch.partition} from the source"
         )
         source = Source(batch.topic, batch.partition, batch.base_offset, None)
-        rejection = make_rejection(source, b"", RejectReason.MALFORMED, detail, datetime.now(UTC))
+        rejection = make_rejection(source, b"", RejectReason.MALFORMED, detail, p.clock.now())
         # Durable before the consumer seeks past the batch: never silently lost.
         topic = p.sinks[Role.REJECTED].get_topic_name()
         value = rejection.model_dump_json().encode()

@@ -182,7 +182,7 @@ class UsageView(TenantScopedView):
             return account
         try:
             first, last = parse_range(
-                request.query.get("from"), request.query.get("to"), admin_ops.today()
+                request.query.get("from"), request.query.get("to"), admin_ops.today(self.pipeline)
             )
         except RangeError as exc:
             return self.json({"error": str(exc)}, status=400)
