@@ -54,9 +54,6 @@ class CoalescingLog(Generic[V]):
             self._sealed.extend(self._open.items())
             self._open = {}
 
-    def __len__(self) -> int:
-        return len(self._sealed) + len(self._open)
-
     def drain(self) -> Iterator[tuple[str, V]]:
         """Everything written so far, in changelog order; the log is empty afterwards."""
         self._seal()

@@ -212,24 +212,22 @@ class Changelog(MutableMapping[str, Any]):
         self.coalesce = coalesce
         self._pending: CoalescingLog[Any] = CoalescingLog()
         for key, value in log or []:
-            self._log(key, value)
+            self.log.append((key, value))
+            self._set(key, value)
 
-    def _log(self, key: str, value: Any) -> None:
-        self.log.append((key, value))
+    def _set(self, key: str, value: Any) -> None:
         if value is None:
             self.data.pop(key, None)
         else:
             self.data[key] = value
 
     def _apply(self, key: str, value: Any) -> None:
+        self._set(key, value)
         if not self.coalesce:
-            self._log(key, value)
-            return
-        if value is None:
-            self.data.pop(key, None)
+            self.log.append((key, value))
+        elif value is None:
             self._pending.delete(key, None)
         else:
-            self.data[key] = value
             self._pending.put(key, value)
 
     def flush(self) -> None:

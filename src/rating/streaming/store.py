@@ -26,9 +26,10 @@ through Faust's ``send_soon`` buffer, whose per-record bookkeeping was the large
 a ledger batch. Keys and values are encoded as Faust's JSON codec encodes them (the stdlib
 encoder, compact; ``tests/unit/test_table_store.py`` pins the bytes against the changelog
 topic's own ``prepare_key``/``prepare_value``, which cost ~7% of the worker through
-Faust's serializer registry): log compaction matches keys by their bytes. What Faust's send callback
-did, storing the acked changelog offset in the store (``set_persisted_offset``: what lets a
-RocksDB restart replay only the tail), ``durable`` does once per partition per batch.
+Faust's serializer registry): log compaction matches keys by their bytes. What Faust's send
+callback did, storing the acked changelog offset in the store (``set_persisted_offset``:
+what lets a RocksDB restart replay only the tail), ``durable`` does once per partition per
+batch.
 
 Sealing: some Kafka-protocol brokers (the embedded Tansu among them) report a partition's
 end offset as "base offset of the last record batch + 1". Faust's recovery reads the
@@ -94,12 +95,12 @@ def encode_value(value: Any) -> bytes:
 
 def raw_sender(table: Any) -> ChangelogSend:
     """Changelog records straight to the app's producer, encoded as Faust would."""
-    topic = table.changelog_topic
+    name = table.changelog_topic.get_topic_name()  # once, not per record
 
     async def send(partition: int, key: str, value: Any) -> Awaitable[Acked]:
         raw_value = None if value is None else encode_value(value)
         ack: Awaitable[Acked] = await table.app.producer.send(
-            topic.get_topic_name(), encode_key(key), raw_value, partition, None, None
+            name, encode_key(key), raw_value, partition, None, None
         )
         return ack
 
