@@ -6,7 +6,8 @@
 One worker on the embedded broker. After ``--small`` and again after ``--large`` charged
 CDRs it prints: changelog bytes per remembered CDR (live: the latest value of each key, what
 a compacted changelog and the local store keep; written: every record, what a replay of an
-uncompacted changelog reads), the worker's RSS, the restart time with the data dir intact
+uncompacted changelog reads), the data dir's size, the worker's RSS (and that of the same
+worker restarted on its data dir), the restart time with the data dir intact
 and with it deleted (records replayed per second), and the slopes between the two points.
 Restart time = process start to ``/ready`` (recovery done), so it includes ~seconds of
 Python and Faust start-up that do not depend on history.
@@ -43,6 +44,8 @@ class Point:
     written_bytes: int
     records: int
     rss: int
+    disk: int
+    rss_restarted: int
     restart_kept: float
     restart_lost: float
 
@@ -52,6 +55,10 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def changelog_figures(env: Env) -> tuple[int, int, int, int]:
@@ -86,8 +93,11 @@ def measure(env: Env, worker: Worker, cdrs: int) -> Point:
     assert worker.proc is not None
     rss = rss_bytes(worker.proc.pid)
     kept = timed_restart(worker, lose_data=False)
+    assert worker.proc is not None
+    restarted = rss_bytes(worker.proc.pid)  # a fresh process on the same history
+    disk = dir_bytes(Path(worker.data_dir))
     lost = timed_restart(worker, lose_data=True)
-    return Point(cdrs, markers, live, written, records, rss, kept, lost)
+    return Point(cdrs, markers, live, written, records, rss, disk, restarted, kept, lost)
 
 
 def main() -> None:
@@ -135,7 +145,8 @@ def main() -> None:
         print(
             f"{p.cdrs:>7} CDRs: {p.markers} markers; changelog live {p.live_bytes / p.markers:.0f}"
             f" B/remembered CDR, written {p.written_bytes / p.cdrs:.0f} B/CDR"
-            f" ({p.records} records); RSS {p.rss / 2**20:.0f} MiB;"
+            f" ({p.records} records); data dir {p.disk / p.markers:.0f} B/remembered CDR;"
+            f" RSS {p.rss / 2**20:.0f} MiB ({p.rss_restarted / 2**20:.0f} MiB after a restart);"
             f" restart with data dir {p.restart_kept:.1f} s,"
             f" without {p.restart_lost:.1f} s ({p.records / p.restart_lost:.0f} records/s"
             " incl. start-up)"
@@ -144,6 +155,10 @@ def main() -> None:
         a, b = points
         n = b.markers - a.markers
         print(f"RSS slope:                 {(b.rss - a.rss) / n:8.0f} B per remembered CDR")
+        print(
+            f"RSS slope after a restart: {(b.rss_restarted - a.rss_restarted) / n:8.0f} B per"
+            " remembered CDR"
+        )
         print(
             f"restart slope, data dir:   {(b.restart_kept - a.restart_kept) / n * 1e6:8.1f} us"
             " per remembered CDR"

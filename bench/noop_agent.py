@@ -31,6 +31,7 @@ def main() -> None:
         f"bench-noop-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{bootstrap}",
         store="memory://",
+        datadir=str(Path(out).parent / "noop-data"),  # next to its report, not in the cwd
         web_enabled=False,
         autodiscover=False,
     )

@@ -56,6 +56,9 @@ Exactly once in effect, without Kafka transactions:
 7. Charge markers live until ``call_start + horizon + grace``; a CDR older than
    ``call_start + horizon`` is rejected as ``stale``, so a duplicate can never outlive its
    marker. Funds markers never expire (funds are few and have no time to judge them by).
+   A partition's clock tick deletes what has expired, found through an index ordered by
+   ``exp`` (:mod:`rating.expiry`: on RocksDB the store keeps it on disk, so a remembered CDR
+   costs no RAM and a restart reads no marker); a deletion that comes late is always safe.
 8. One record's writes are collected first (:class:`_Writes`) and then written in that
    order: the outbox entry, markers (and held-message changes), usage, the account, then
    deletions. So a record that applies several messages at once (below) still lands as a
@@ -107,7 +110,6 @@ nothing. Version-2 workers refuse version-3 accounts: do not run both versions a
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -141,6 +143,7 @@ from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import summarize_validation_error
 from rating.error_policy import park
+from rating.expiry import ExpiryIndex, MemoryExpiry
 from rating.ingest import MODELS, Envelope, make_rejection
 from rating.keys import (
     KeyKind,
@@ -198,7 +201,8 @@ _CODE_ROLES: dict[str, Role] = {v: k for k, v in _ROLE_CODES.items()}
 #: Markers outlive the stale cut-off by this much, so a worker whose clock is a little
 #: behind another's never accepts a duplicate whose marker was already expired.
 EXPIRY_GRACE = timedelta(hours=1)
-#: Bound the tombstones one tick writes so a tick never stalls the partition.
+#: Bound the expiry entries one tick sweeps (so the tombstones it writes): a tick never
+#: stalls the partition.
 MAX_EXPIRE_PER_TICK = 5000
 #: Decoded accounts kept for reuse (see ``Ledger._load``); ~1 KB each.
 DECODED_ACCOUNTS_MAX = 10_000
@@ -431,6 +435,8 @@ class Ledger:
         policy: RechargePolicy,
         horizon: timedelta,
         hold: HoldPolicy | None = None,
+        *,
+        expiry: ExpiryIndex | None = None,
     ) -> None:
         self.store = store
         self._rates = rates
@@ -441,7 +447,8 @@ class Ledger:
         self._due: dict[int, dict[str, datetime]] = {}
         # tenant -> its figures for the gauges.
         self._status: dict[str, TenantStatus] = {}
-        self._expiry: dict[int, list[tuple[int, str]]] = {}
+        # (exp, key) of the keys that expire (rating.expiry: in RAM, or the store's own).
+        self.expiry: ExpiryIndex = MemoryExpiry() if expiry is None else expiry
         # partition -> tenant -> [(ledger offset, key, deadline epoch)] of held messages.
         self._held: dict[int, dict[str, list[tuple[int, str, int]]]] = {}
         # partition -> ledger offset -> outbox keys in the store (deleted by ``published``).
@@ -505,8 +512,8 @@ class Ledger:
         for key, value in w.marks.items():
             self._mark(w.partition, key, value)
         if w.charges or w.funds:
-            for row in record_activity(self.store, w.charges, w.funds, w.activity_lo):
-                heapq.heappush(self._expiry.setdefault(w.partition, []), row)
+            for exp, key in record_activity(self.store, w.charges, w.funds, w.activity_lo):
+                self.expiry.add(w.partition, exp, key)
         if w.save_lo is not None and w.account is not None:
             rec = {"acct": w.account.to_dict(), "lo": w.save_lo}
             self.store[account_key(w.tenant)] = rec
@@ -552,7 +559,7 @@ class Ledger:
     def _mark(self, partition: int, key: str, marker: Marker | Held) -> None:
         self.store[key] = marker.to_dict()
         if isinstance(marker, Marker) and marker.exp is not None:
-            heapq.heappush(self._expiry.setdefault(partition, []), (marker.exp, key))
+            self.expiry.add(partition, marker.exp, key)
 
     # --- messages -------------------------------------------------------------------------
 
@@ -809,15 +816,10 @@ class Ledger:
             # a tenant without account (held messages this tick rejected).
             if entry is not None and (lo == -1 or lo >= offset):
                 result.outputs += OutboxEntry.from_dict(entry, tenant).outputs
-        heap = self._expiry.get(partition, [])
-        cutoff = _epoch(now)
-        expired = 0
-        while heap and heap[0][0] < cutoff and expired < MAX_EXPIRE_PER_TICK:
-            exp, key = heapq.heappop(heap)
-            marker = self.store.get(key)
-            if marker is not None and marker.get("exp") == exp:
+        for exp, key in self.expiry.due(partition, _epoch(now), MAX_EXPIRE_PER_TICK):
+            value = self.store.get(key)
+            if value is not None and value.get("exp") == exp:  # not rewritten since
                 del self.store[key]
-                expired += 1
         return result
 
     def _expire_held(
@@ -870,8 +872,9 @@ class Ledger:
             earlier.discard(outbox_key(tenant, offset))
 
     def rebuild_index(self, partition: int, items: Iterable[tuple[str, Any]]) -> None:
-        """Rebuild the in-memory indexes of one partition from its stored keys."""
-        heap: list[tuple[int, str]] = []
+        """Rebuild the in-memory indexes of one partition from its stored keys: those of
+        :attr:`index_kinds`, or all of them."""
+        expiring: list[tuple[int, str]] = []
         self._due[partition] = {}
         self._held[partition] = {}
         self._outbox[partition] = {}
@@ -885,7 +888,7 @@ class Ledger:
                 self._outbox[partition].setdefault(offset, set()).add(key)
                 continue
             if "exp" in value:
-                heap.append((value["exp"], key))
+                expiring.append((value["exp"], key))
             if is_kind(key, KeyKind.HELD):
                 if "rej" in value:  # state version 2: a rejection kept for a replayed tick
                     self._legacy_rejected[partition].setdefault(value["lo"], []).append(key)
@@ -893,13 +896,21 @@ class Ledger:
                     at = value.get("at")
                     lo = int(value["lo"])
                     self._index_held(partition, key, lo, None if at is None else int(at))
-        heapq.heapify(heap)
-        self._expiry[partition] = heap
+        self.expiry.rebuild(partition, expiring)
+
+    @property
+    def index_kinds(self) -> frozenset[KeyKind] | None:
+        """The kinds of keys :meth:`rebuild_index` needs (None: every key). With an expiry
+        index the store keeps itself, not markers nor usage rows: a restart then reads
+        accounts, outbox and held entries only, however long the history."""
+        if self.expiry.persistent:
+            return frozenset({KeyKind.ACCOUNT, KeyKind.OUTBOX, KeyKind.HELD})
+        return None
 
     def forget(self, partition: int) -> None:
         self._decoded.clear()
         self._due.pop(partition, None)
-        self._expiry.pop(partition, None)
+        self.expiry.forget(partition)
         self._held.pop(partition, None)
         self._outbox.pop(partition, None)
         self._legacy_rejected.pop(partition, None)

@@ -72,10 +72,59 @@ def test_recovery_writes_offsets_directly(table: Any) -> None:
         def __init__(self, message: Msg) -> None:
             self.message = message
 
-    batch = [Ev(Msg(4, b'"a/x"', b'{"lo": 4}')), Ev(Msg(5, b'"c/x/1"', b"{}"))]
-    store.apply_changelog_batch(batch, lambda k: k, lambda v: v)
-    assert store.persisted_offset(TP("changelog", 3)) == 5
+    batch = [
+        Ev(Msg(4, b'"a/x"', b'{"lo": 4}')),
+        Ev(Msg(5, b'"c/x/1"', b'{"lo":5,"amt":"0.01","exp":900}')),
+        Ev(Msg(6, b'"c/x/2"', None)),
+    ]
+    store.apply_changelog_batch(iter(batch), lambda k: k, lambda v: v)
+    assert store.persisted_offset(TP("changelog", 3)) == 6
     assert store.get_in(3, "a/x") == {"lo": 4}
+    # Recovery indexes what it writes: a worker without its data dir still expires markers.
+    assert store.expired_in(3, 901, 0, 10) == [(900, "c/x/1")]
+
+
+def test_values_with_an_expiry_are_indexed_in_expiry_order(table: Any) -> None:
+    store = table.data
+    store._db_for_partition(1)
+    store.commit_batch(
+        {1: {"c/t/b": {"lo": 1, "exp": 200}, "c/t/a": {"lo": 2, "exp": 100}, "a/t": {"lo": 2}}}
+    )
+    assert store.expired_in(1, 201, 0, 10) == [(100, "c/t/a"), (200, "c/t/b")]
+    assert store.expired_in(1, 200, 0, 10) == [(100, "c/t/a")]  # only exp < cutoff
+    assert store.expired_in(1, 201, 150, 10) == [(200, "c/t/b")]  # from a start
+    assert store.expired_in(1, 201, 0, 1) == [(100, "c/t/a")]  # at most limit
+    assert store.expired_in(0, 201, 0, 10) == []  # a partition not open here
+    # Swept entries are deleted with the commit that deletes their keys.
+    store.commit_batch({1: {"c/t/a": rocks.DELETED}}, {1: [(100, "c/t/a")]})
+    assert store.expired_in(1, 1000, 0, 10) == [(200, "c/t/b")]
+    # A key rewritten with the expiry being swept keeps its entry: the put wins.
+    store.commit_batch({1: {"c/t/b": {"lo": 3, "exp": 200}}}, {1: [(200, "c/t/b")]})
+    assert store.expired_in(1, 1000, 0, 10) == [(200, "c/t/b")]
+
+
+def test_the_expiry_index_survives_closing_the_database(table: Any) -> None:
+    # Nothing here keeps a handle on the column family: the database closes and reopens
+    # (a handle kept would hold RocksDB's lock and the reopen would fail).
+    store = table.data
+    store._db_for_partition(2)
+    store.commit_batch({2: {"c/t/a": {"lo": 1, "exp": 50}}})
+    assert store.expired_in(2, 51, 0, 10) == [(50, "c/t/a")]
+    db = store._dbs.pop(2)
+    db.close()
+    del db
+    store._db_for_partition(2)
+    assert store.expired_in(2, 51, 0, 10) == [(50, "c/t/a")]
+    assert store.get_in(2, "c/t/a") == {"lo": 1, "exp": 50}
+
+
+def test_items_in_reads_only_the_key_ranges_asked_for(table: Any) -> None:
+    store = table.data
+    store._db_for_partition(1)
+    keys = ["a/t", "a/\u00e6", "c/t/1", "h/t/3", "o/t/4", "u/t/2026-12-01/p", "r/t"]
+    store.commit_batch({1: {k: {"lo": i} for i, k in enumerate(keys)}})
+    assert sorted(k for k, _ in store.items_in(1, ["a/", "o/"])) == ["a/t", "a/\u00e6", "o/t/4"]
+    assert sorted(k for k, _ in store.items_in(1)) == sorted(keys)
 
 
 def test_unopened_partition_is_never_opened_by_a_read(table: Any) -> None:

@@ -338,3 +338,26 @@ def test_an_undecodable_batch_is_parked_at_the_injected_clocks_time() -> None:
     batch = UndecodableBatch("cdr.audio-conferencing", 0, 10, 12, "lz4", "bad frame")
     assert asyncio.run(undecodable_handler(p)(batch)) is Action.SKIP
     assert json.loads(sent[0])["rejected_at"] == "2026-11-22T10:00:00Z"
+
+
+def test_a_batch_met_again_after_it_was_parked_is_skipped_without_a_second_rejection() -> None:
+    # A re-read from a committed offset below a parked batch (after a rebalance) meets it
+    # again: it was parked durably the first time, so one Rejection per batch.
+    p = pipeline(ManualClock(AT))
+    sent: list[bytes] = []
+
+    class Producer:
+        async def send_and_wait(self, topic: str, key: Any, value: bytes, *_: Any) -> None:
+            sent.append(value)
+
+    p.app = SimpleNamespace(producer=Producer())  # type: ignore[assignment]
+    p.sinks = {Role.REJECTED: FakeTopic("rating.rejected")}
+    handle = undecodable_handler(p)
+    batch = UndecodableBatch("cdr.audio-conferencing", 0, 10, 12, "lz4", "bad frame")
+    other = UndecodableBatch("cdr.audio-conferencing", 1, 10, 12, "lz4", "bad frame")
+
+    async def scenario() -> list[Action]:
+        return [await handle(batch), await handle(batch), await handle(other)]
+
+    assert asyncio.run(scenario()) == [Action.SKIP, Action.SKIP, Action.SKIP]
+    assert [json.loads(v)["partition"] for v in sent] == [0, 1]

@@ -39,7 +39,7 @@ from rating.streaming import transport
 from rating.streaming.clock import Clock, SystemClock
 from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.sensors import LeanMonitor
-from rating.streaming.store import TableStore, key_partitioner
+from rating.streaming.store import RocksExpiry, TableStore, key_partitioner
 
 log = logging.getLogger("rating.worker")
 
@@ -129,7 +129,9 @@ class Pipeline:
         """After a rebalance, rebuild the in-memory ledger index from the recovered table."""
         if partition in self._indexed:
             return
-        self.ledger.rebuild_index(partition, self.store.items_of(partition))
+        self.ledger.rebuild_index(
+            partition, self.store.items_of(partition, self.ledger.index_kinds)
+        )
         self._indexed.add(partition)
 
     def on_revoked(self) -> None:
@@ -377,7 +379,13 @@ def create_app(
         max_per_partition=settings.unknown_tenant_hold_max_per_partition,
     )
     ledger = Ledger(
-        store, lambda: rates.book, policy, timedelta(hours=settings.dedup_horizon_hours), hold
+        store,
+        lambda: rates.book,
+        policy,
+        timedelta(hours=settings.dedup_horizon_hours),
+        hold,
+        # On RocksDB the expiry index is on disk (rating.expiry); the memory store's is a heap.
+        expiry=RocksExpiry(store) if settings.store.startswith("rocksdict") else None,
     )
     p = Pipeline(
         settings=settings,

@@ -36,8 +36,15 @@ log = logging.getLogger("rating.worker")
 
 def undecodable_handler(p: Pipeline) -> UndecodableHandler:
     stopped: set[tuple[str, int]] = set()
+    # Batches parked by this process: a re-read from a committed offset below one (after a
+    # rebalance) meets it again, and it is skipped without a second Rejection.
+    parked: set[tuple[str, int, int]] = set()
 
     async def handle(batch: UndecodableBatch) -> Action:
+        where = (batch.topic, batch.partition, batch.base_offset)
+        if where in parked:
+            log.warning("skipping %s again: parked already", batch.ref)
+            return Action.SKIP
         m = p.metrics
         m.undecodable_batches.labels(batch.topic, str(batch.partition)).inc()
         if batch.topic not in p.kind_by_topic or batch.next_offset is None:
@@ -57,6 +64,7 @@ def undecodable_handler(p: Pipeline) -> UndecodableHandler:
         await p.app.producer.send_and_wait(topic, None, value, None, None, None)
         m.cdrs_rejected.labels(batch.topic, RejectReason.MALFORMED.value).inc()
         log.error("PARKED in %s: %s", topic, detail)
+        parked.add(where)
         return Action.SKIP
 
     return handle

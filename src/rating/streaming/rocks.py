@@ -18,6 +18,14 @@ SIGKILL the database holds exactly a prefix of the changelog and the offset wher
 prefix ends, and a restart replays only the tail. A database ahead of its changelog would be
 wrong for good: redelivered records would look applied and never reach the changelog.
 
+The expiry index (:mod:`rating.expiry`): every value with an ``exp`` also gets an entry in
+the database's ``expiry`` column family, key = ``exp`` (8 bytes, big-endian, so entries sort
+by time) + the state key's bytes, written in the same write batch as the value (live writes)
+or before it (recovery, standbys). The ledger's clock tick reads the due entries in order
+(:meth:`Store.expired_in`) and the next commit deletes the entries it handed out. So no
+remembered CDR costs RAM, and a restart rebuilds nothing. An entry is a hint: the ledger
+checks the key's current value before it deletes (rating.expiry).
+
 Registered under the ``rocksdict`` URL scheme (entry point ``faust.stores`` in pyproject):
 Faust's own ``rocksdb://`` would write batch state into the wrong partition's database.
 
@@ -28,7 +36,8 @@ databases by partition), ``_db_for_partition``, ``_key_index``, ``offset_key``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import rocksdict
@@ -48,6 +57,22 @@ DEFAULT_OPTIONS: Mapping[str, int] = {
 }
 
 
+#: The column family of the expiry index.
+EXPIRY_FAMILY = "expiry"
+#: Its memtables: an entry is ~50 bytes, so a small buffer holds many.
+EXPIRY_WRITE_BUFFER = 1024 * 1024
+
+
+def expiry_entry(exp: int, raw_key: bytes) -> bytes:
+    return exp.to_bytes(8, "big") + raw_key
+
+
+def exp_of(value: Any) -> int | None:
+    """The ``exp`` a state value carries, if any (the values are JSON objects)."""
+    exp = value.get("exp") if isinstance(value, dict) else None
+    return exp if isinstance(exp, int) else None
+
+
 class Store(rocksdb.Store):
     """Faust's RocksDB store (rocksdict driver) with explicit-partition access."""
 
@@ -60,7 +85,21 @@ class Store(rocksdb.Store):
     def apply_changelog_batch(
         self, batch: Iterable[Any], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
     ) -> None:
-        # Recovery and standbys: Faust writes the records, then their offset. Unchanged.
+        # Recovery and standbys: Faust writes the records, then their offset. Unchanged; the
+        # expiry entries of the values go first (an entry without its key is harmless).
+        batch = list(batch)
+        entries: dict[int, rocksdict.WriteBatch] = {}
+        for event in batch:
+            msg = event.message
+            if msg.value is None or b'"exp":' not in msg.value:
+                continue
+            exp = exp_of(json.loads(msg.value))
+            if exp is not None:
+                db = self._db_for_partition(msg.partition)
+                wb = entries.setdefault(msg.partition, rocksdict.WriteBatch(raw_mode=True))
+                wb.put(expiry_entry(exp, msg.key), b"", self._expiry_family(db))
+        for partition, wb in entries.items():
+            self._db_for_partition(partition).write(wb)
         self._recovering = True
         try:
             super().apply_changelog_batch(batch, to_key, to_value)
@@ -76,21 +115,35 @@ class Store(rocksdb.Store):
         if offset > self._acked.get(tp.partition, -1):
             self._acked[tp.partition] = offset
 
-    def commit_batch(self, writes: Mapping[int, Mapping[str, Any]]) -> None:
-        """Write acked state (key -> value or :data:`DELETED`, by partition) and the changelog
-        offset it reaches, atomically per partition. Partitions not open here (revoked
-        meanwhile) are skipped whole: their next owner recovers them from the changelog."""
-        for partition in set(writes) | set(self._acked):
+    def commit_batch(
+        self,
+        writes: Mapping[int, Mapping[str, Any]],
+        swept: Mapping[int, Collection[tuple[int, str]]] | None = None,
+    ) -> None:
+        """Write acked state (key -> value or :data:`DELETED`, by partition), the expiry
+        entries of its values, and the changelog offset it reaches, atomically per partition;
+        delete the expiry entries the ledger has swept (``swept``: (exp, key) by partition).
+        Partitions not open here (revoked meanwhile) are skipped whole: their next owner
+        recovers them from the changelog."""
+        swept = swept or {}
+        for partition in set(writes) | set(self._acked) | set(swept):
             offset = self._acked.pop(partition, None)
             db = self._dbs.get(partition)
             if db is None:
                 continue
             batch = rocksdict.WriteBatch(raw_mode=True)
+            family = self._expiry_family(db)
+            for due, key in swept.get(partition, ()):  # before the puts: a put wins
+                batch.delete(expiry_entry(due, self._encode_key(key)), family)
             for key, value in writes.get(partition, {}).items():
+                raw_key = self._encode_key(key)
                 if value is DELETED:
-                    batch.delete(self._encode_key(key))
-                else:
-                    batch.put(self._encode_key(key), self._encode_value(value))
+                    batch.delete(raw_key)
+                    continue
+                batch.put(raw_key, self._encode_value(value))
+                exp = exp_of(value)
+                if exp is not None:
+                    batch.put(expiry_entry(exp, raw_key), b"", family)
             if offset is not None:
                 batch.put(self.offset_key, str(offset).encode())
             db.write(batch)
@@ -104,12 +157,61 @@ class Store(rocksdb.Store):
         raw = db.get(self._encode_key(key))
         return None if raw is None else self._decode_value(raw)
 
-    def items_in(self, partition: int) -> Iterator[tuple[str, Any]]:
-        """Every (key, value) of one partition's database (not the other partitions')."""
+    def items_in(
+        self, partition: int, prefixes: Iterable[str] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """The (key, value) of one partition's database (not the other partitions'): every
+        key, or those that start with one of ``prefixes`` (read by seeking: keys are sorted,
+        so the other keys cost nothing)."""
         db = self._dbs.get(partition)
         if db is None:
             return
-        for raw_key, raw_value in db.items():
-            if raw_key == self.offset_key or raw_value is None:
-                continue
-            yield self._decode_key(raw_key), self._decode_value(raw_value)
+        if prefixes is None:
+            for raw_key, raw_value in db.items():
+                if raw_key == self.offset_key or raw_value is None:
+                    continue
+                yield self._decode_key(raw_key), self._decode_value(raw_value)
+            return
+        for prefix in prefixes:
+            raw_prefix = self._encode_key(prefix).rstrip(b'"')  # a JSON string, unclosed
+            it = db.iter()
+            it.seek(raw_prefix)
+            while it.valid() and it.key().startswith(raw_prefix):
+                yield self._decode_key(it.key()), self._decode_value(it.value())
+                it.next()
+            del it  # an open iterator keeps the database open
+
+    def expired_in(
+        self, partition: int, cutoff: int, start: int, limit: int
+    ) -> list[tuple[int, str]]:
+        """Up to ``limit`` expiry entries of ``partition`` with ``start <= exp < cutoff``,
+        earliest first (none if the partition is not open here)."""
+        db = self._dbs.get(partition)
+        if db is None:
+            return []
+        out: list[tuple[int, str]] = []
+        self._expiry_family(db)
+        family = db.get_column_family(EXPIRY_FAMILY)
+        it = family.iter()
+        it.seek(start.to_bytes(8, "big"))
+        while it.valid() and len(out) < limit:
+            raw = it.key()
+            exp = int.from_bytes(raw[:8], "big")
+            if exp >= cutoff:
+                break
+            out.append((exp, self._decode_key(raw[8:])))
+            it.next()
+        del it, family
+        return out
+
+    def _expiry_family(self, db: Any) -> Any:
+        """The expiry column family of ``db``, created on first use. Looked up per call, not
+        kept: a handle held here would keep a revoked partition's database open (locked)."""
+        try:
+            return db.get_column_family_handle(EXPIRY_FAMILY)
+        except Exception:  # rocksdict raises a bare Exception for a missing family
+            options = rocksdict.Options(raw_mode=True)
+            options.set_write_buffer_size(EXPIRY_WRITE_BUFFER)
+            options.set_max_write_buffer_number(2)
+            db.create_column_family(EXPIRY_FAMILY, options)
+            return db.get_column_family_handle(EXPIRY_FAMILY)

@@ -43,14 +43,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from functools import lru_cache
 from typing import Any, Protocol
 
 from faust.types import TP
 
 from rating.coalescing import CoalescingLog
-from rating.keys import tenant_of
+from rating.keys import KeyKind, tenant_of
 from rating.partitioning import partition_of
 from rating.streaming import rocks
 
@@ -123,6 +123,10 @@ class TableStore(MutableMapping[str, Any]):
         self._pending: list[Any] = []  # sent, not known to be acked
         self._touched: set[int] = set()
         self._overlay: dict[str, Any] = {}  # RocksDB only: written, not yet acked
+        # RocksDB only: expiry entries handed to the ledger (deleted by the next commit), and
+        # where the next sweep of a partition starts (the index is sorted by exp).
+        self._swept: dict[int, set[tuple[int, str]]] = {}
+        self._sweep_from: dict[int, int] = {}
 
     @property
     def rocks(self) -> rocks.Store | None:
@@ -196,23 +200,52 @@ class TableStore(MutableMapping[str, Any]):
             writes: dict[int, dict[str, Any]] = {}
             for key, value in overlay.items():
                 writes.setdefault(self.partition_for(key), {})[key] = value
-            db.commit_batch(writes)
+            swept, self._swept = self._swept, {}
+            db.commit_batch(writes, swept)
 
-    def items_of(self, partition: int) -> Iterator[tuple[str, Any]]:
-        """The ledger state of one partition (seal records left out). On RocksDB only that
-        partition's database is read, so indexing a partition costs its own size only."""
+    def expiry_due(self, partition: int, cutoff: int, limit: int) -> list[tuple[int, str]]:
+        """RocksDB: up to ``limit`` entries of the store's expiry index with ``exp < cutoff``
+        that were not handed out before (their deletion waits for the next commit)."""
+        db = self.rocks
+        if db is None:
+            return []
+        handed = self._swept.setdefault(partition, set())
+        start = self._sweep_from.get(partition, 0)
+        rows = db.expired_in(partition, cutoff, start, limit + len(handed))
+        due = [row for row in rows if row not in handed][:limit]
+        handed.update(due)
+        if due:  # everything before it is handed out: the next sweep seeks past it
+            self._sweep_from[partition] = due[-1][0]
+        return due
+
+    def forget_expiry(self, partition: int) -> None:
+        self._swept.pop(partition, None)
+        self._sweep_from.pop(partition, None)
+
+    def items_of(
+        self, partition: int, kinds: frozenset[KeyKind] | None = None
+    ) -> Iterator[tuple[str, Any]]:
+        """The ledger state of one partition (seal records left out): every key, or those of
+        ``kinds``. On RocksDB only that partition's database is read, and only the key
+        ranges of ``kinds``: what a restart reads does not grow with the markers."""
+        prefixes = None if kinds is None else sorted(f"{k.value}/" for k in kinds)
+
+        def wanted(key: str) -> bool:
+            if prefixes is None:
+                return not key.startswith(SEAL_PREFIX)
+            return key.startswith(tuple(prefixes))
+
         db = self.rocks
         if db is None:
             for key, value in list(self.table.data.items()):
-                live = value is not None and not key.startswith(SEAL_PREFIX)
-                if live and self.partition_for(key) == partition:
+                if value is not None and wanted(key) and self.partition_for(key) == partition:
                     yield key, value
             return
-        for key, value in db.items_in(partition):
-            if key not in self._overlay and not key.startswith(SEAL_PREFIX):
+        for key, value in db.items_in(partition, prefixes):
+            if key not in self._overlay and wanted(key):
                 yield key, value
         for key, value in list(self._overlay.items()):
-            if value is not rocks.DELETED and self.partition_for(key) == partition:
+            if value is not rocks.DELETED and wanted(key) and self.partition_for(key) == partition:
                 yield key, value
 
     def __iter__(self) -> Iterator[str]:
@@ -220,3 +253,25 @@ class TableStore(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self.table.data)
+
+
+class RocksExpiry:
+    """:class:`rating.expiry.ExpiryIndex` on the RocksDB store's own index (rocks.py): on
+    disk, derived from the values as they are committed or recovered."""
+
+    persistent = True
+
+    def __init__(self, store: TableStore) -> None:
+        self.store = store
+
+    def add(self, partition: int, exp: int, key: str) -> None:
+        return  # the store indexes the value itself when it commits it
+
+    def due(self, partition: int, cutoff: int, limit: int) -> list[tuple[int, str]]:
+        return self.store.expiry_due(partition, cutoff, limit)
+
+    def rebuild(self, partition: int, entries: Iterable[tuple[int, str]]) -> None:
+        return  # on disk already
+
+    def forget(self, partition: int) -> None:
+        self.store.forget_expiry(partition)
