@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     rocksdb_write_buffer_bytes: Annotated[int, Field(ge=64 * 1024)] = 4 * 1024 * 1024
     rocksdb_max_write_buffers: Annotated[int, Field(ge=1, le=16)] = 2
     rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
+    # RocksDB: recovery and standbys write fetched changelog records to the database in bulk
+    # (README "State"); false leaves every record to Faust's per-event recovery.
+    bulk_recovery: bool = True
     # Workers that keep a warm copy of each partition's table (Faust standbys), so a
     # failover replays only what the standby has not read yet. 0 (none) by default: a
     # standby's copy was seen missing a record after a failover (README, State, Standbys).

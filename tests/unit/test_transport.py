@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import aiokafka
@@ -19,6 +20,7 @@ from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.record.memory_records import MemoryRecords
 from faust.transport import by_url
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 from mode import Service
 
 from rating.settings import Settings
@@ -325,3 +327,26 @@ def test_the_seek_to_committed_offsets_runs_with_the_flow_stopped(
         assert not consumer.flow_active
 
     asyncio.run(scenario())
+
+
+def test_changelog_records_the_loader_wrote_reach_faust_as_their_last_one() -> None:
+    loaded: list[tuple[TP, list[int]]] = []
+
+    def load(tp: TP, records: Any) -> bool:
+        loaded.append((tp, list(records)))
+        return tp.topic == "app-accounts-changelog"
+
+    thread = SimpleNamespace(_rating=SimpleNamespace(changelog_loader=load))
+    changelog = aiokafka.TopicPartition("app-accounts-changelog", 3)
+    ledger = aiokafka.TopicPartition("rating.ledger", 3)
+    fetched = {changelog: [1, 2, 3], ledger: [7, 8]}
+    out = transport.ConsumerThread._load_changelogs(thread, fetched)  # type: ignore[arg-type]
+    assert out == {changelog: [3], ledger: [7, 8]}  # Faust's recovery sees offset 3: done
+    assert loaded == [
+        (TP("app-accounts-changelog", 3), [1, 2, 3]),
+        (TP("rating.ledger", 3), [7, 8]),
+    ]
+    none = SimpleNamespace(_rating=SimpleNamespace(changelog_loader=None))
+    assert transport.ConsumerThread._load_changelogs(none, {changelog: [1, 2]}) == {  # type: ignore[arg-type]
+        changelog: [1, 2]
+    }

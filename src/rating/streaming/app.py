@@ -39,7 +39,7 @@ from rating.streaming import transport
 from rating.streaming.clock import Clock, SystemClock
 from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.sensors import LeanMonitor
-from rating.streaming.store import RocksExpiry, TableStore, key_partitioner
+from rating.streaming.store import RocksExpiry, TableStore, changelog_loader, key_partitioner
 
 log = logging.getLogger("rating.worker")
 
@@ -402,6 +402,7 @@ def create_app(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         isolation_level=settings.isolation_level,
         undecodable_handler=undecodable_handler(p),
+        changelog_loader=changelog_loader(table) if settings.bulk_recovery else None,
     )
     _declare_topics(p)
     _register_agents(p)

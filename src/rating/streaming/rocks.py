@@ -37,7 +37,7 @@ databases by partition), ``_db_for_partition``, ``_key_index``, ``offset_key``,
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import rocksdict
@@ -81,15 +81,61 @@ class Store(rocksdb.Store):
         super().__init__(*args, options=opts, **kw)
         self._recovering = False
         self._acked: dict[int, int] = {}  # partition -> highest acked live changelog offset
+        # Bulk recovery (load_changelog), by partition: written live since assigned; the
+        # highest offset loaded in bulk; handed to Faust and the highest Faust has written.
+        self._live: set[int] = set()
+        self._loaded: dict[int, int] = {}
+        self._handed: dict[int, int] = {}
+        self._applied: dict[int, int] = {}
+
+    async def on_rebalance(
+        self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+    ) -> None:
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+        for tp in revoked | newly_assigned:
+            self._live.discard(tp.partition)  # recovered afresh before it is written again
+
+    def load_changelog(self, partition: int, records: Sequence[Any]) -> bool:
+        """Bulk recovery: write changelog records fetched for ``partition`` (recovery or
+        standby, in offset order) straight into its database, with their expiry entries and
+        the offset they reach, in one write batch, and return True; Faust's recovery is then
+        handed only the last one (for its offsets and end of recovery) and skips it here.
+        Called by the consumer thread (``streaming/transport.py``) as it fetches, so a record
+        costs none of Faust's per-event work. Returns False, leaving the records to Faust, for
+        a partition written live since it was assigned (nothing changes there) or while Faust
+        still holds records of it it has not written (so nothing is written out of order)."""
+        if partition in self._live or self._handed.get(partition, -1) > self._applied.get(
+            partition, -1
+        ):
+            self._handed[partition] = max(records[-1].offset, self._handed.get(partition, -1))
+            return False
+        db = self._db_for_partition(partition)  # a standby's opens here, as on Faust's path
+        family = self._expiry_family(db)
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        for record in records:
+            value = record.value
+            if value is None:
+                batch.delete(record.key)
+                continue
+            batch.put(record.key, value)
+            if b'"exp":' in value:
+                exp = exp_of(json.loads(value))
+                if exp is not None:
+                    batch.put(expiry_entry(exp, record.key), b"", family)
+        batch.put(self.offset_key, str(records[-1].offset).encode())
+        db.write(batch)
+        self._loaded[partition] = records[-1].offset
+        return True
 
     def apply_changelog_batch(
         self, batch: Iterable[Any], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
     ) -> None:
-        # Recovery and standbys: Faust writes the records, then their offset. Unchanged; the
-        # expiry entries of the values go first (an entry without its key is harmless).
-        batch = list(batch)
+        # Recovery and standbys: Faust writes the records, then their offset. Unchanged but
+        # for two things: records load_changelog wrote are skipped, and the expiry entries of
+        # the values are written first (an entry without its key is harmless).
+        events = [e for e in batch if e.message.offset > self._loaded.get(e.message.partition, -1)]
         entries: dict[int, rocksdict.WriteBatch] = {}
-        for event in batch:
+        for event in events:
             msg = event.message
             if msg.value is None or b'"exp":' not in msg.value:
                 continue
@@ -102,9 +148,12 @@ class Store(rocksdb.Store):
             self._db_for_partition(partition).write(wb)
         self._recovering = True
         try:
-            super().apply_changelog_batch(batch, to_key, to_value)
+            super().apply_changelog_batch(events, to_key, to_value)
         finally:
             self._recovering = False
+        for event in events:
+            p = event.message.partition
+            self._applied[p] = max(event.message.offset, self._applied.get(p, -1))
 
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
         if self._recovering:
@@ -131,6 +180,7 @@ class Store(rocksdb.Store):
             db = self._dbs.get(partition)
             if db is None:
                 continue
+            self._live.add(partition)
             batch = rocksdict.WriteBatch(raw_mode=True)
             family = self._expiry_family(db)
             for due, key in swept.get(partition, ()):  # before the puts: a put wins

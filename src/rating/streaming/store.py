@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -105,6 +105,21 @@ def raw_sender(table: Any) -> ChangelogSend:
         return ack
 
     return send
+
+
+def changelog_loader(table: Any) -> Callable[[TP, Sequence[Any]], bool]:
+    """Bulk recovery (rocks.py ``load_changelog``) of ``table``'s changelog, for the
+    transport's consumer thread; records of other topics, or on the memory store, are left
+    to Faust."""
+    name = table.changelog_topic.get_topic_name()
+
+    def load(tp: TP, records: Sequence[Any]) -> bool:
+        if tp.topic != name:
+            return False
+        data = table.data
+        return isinstance(data, rocks.Store) and data.load_changelog(tp.partition, records)
+
+    return load
 
 
 class TableStore(MutableMapping[str, Any]):

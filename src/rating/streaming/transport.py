@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Set
+from collections.abc import Callable, Coroutine, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, cast
@@ -100,6 +100,11 @@ class UndecodableBatch:
 
 
 UndecodableHandler = Callable[[UndecodableBatch], Coroutine[Any, Any, Action]]
+
+#: Called in the consumer thread with each partition's fetched records (raw aiokafka
+#: ConsumerRecords, in offset order): True if it wrote them to the local store itself
+#: (changelog records, bulk recovery: rocks.py), False to leave them to Faust.
+ChangelogLoader = Callable[[TP, Sequence[Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -206,14 +211,26 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
                 await asyncio.sleep(timeout or 0)
                 return {}
         try:
-            return await super()._fetch_records(
+            records = await super()._fetch_records(
                 consumer, cast(Any, partitions), timeout=timeout, max_records=max_records
             )
         except Exception as exc:
             failure = decode_failure(exc)
             if failure is None:
                 raise
-            return await self._quarantine(consumer, failure)
+            records = await self._quarantine(consumer, failure)
+        return self._load_changelogs(records)
+
+    def _load_changelogs(self, records: Any) -> Any:
+        """Changelog records the app's loader writes in bulk (bulk recovery, rocks.py):
+        Faust is handed only the last of each partition's batch, for its own bookkeeping."""
+        load = self._rating.changelog_loader
+        if load is None or not records:
+            return records
+        for tp, batch in records.items():
+            if batch and load(TP(tp.topic, tp.partition), batch):
+                records[tp] = batch[-1:]
+        return records
 
     async def _quarantine(
         self, consumer: aiokafka.AIOKafkaConsumer, failure: DecodeFailure
@@ -483,6 +500,7 @@ class Transport(faust_aiokafka.Transport):
     fetch_max_wait_ms: int = 1500
     isolation_level: IsolationLevel = "read_committed"
     undecodable_handler: UndecodableHandler | None = None
+    changelog_loader: ChangelogLoader | None = None
 
 
 SCHEME = "rating"
@@ -494,6 +512,7 @@ def configure(
     fetch_max_wait_ms: int,
     isolation_level: IsolationLevel,
     undecodable_handler: UndecodableHandler | None,
+    changelog_loader: ChangelogLoader | None = None,
 ) -> Transport:
     """Set the consumer options on the app's transport; start-up checks (SettingsError)."""
     missing = missing_codecs()
@@ -512,4 +531,5 @@ def configure(
     transport.fetch_max_wait_ms = fetch_max_wait_ms
     transport.isolation_level = isolation_level
     transport.undecodable_handler = undecodable_handler
+    transport.changelog_loader = changelog_loader
     return transport
