@@ -126,9 +126,10 @@ def main() -> None:
             )
             done = 0
             for target in (args.small, args.large):
-                publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target])
-                # The counter restarts with the worker: count what this process charged.
+                # The counter restarts with the worker: count what this process charges from
+                # here (read before publishing: the worker charges while the publisher runs).
                 base = charged(worker)
+                publish(broker.bootstrap, env.topic("cdr_audio"), records[done:target])
                 wait_until(
                     lambda t=target, d=done, b=base: charged(worker) - b >= t - d,
                     3600,

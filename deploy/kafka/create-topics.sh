@@ -21,13 +21,13 @@ WAIT_SECONDS="${WAIT_SECONDS:-180}"
 KAFKA_TOPICS="${KAFKA_TOPICS:-/opt/kafka/bin/kafka-topics.sh}"
 
 DAY_MS=$((24 * 3600 * 1000))
-# CDRs: as long as the workers remember cdr_ids (RATING_DEDUP_HORIZON_HOURS, 7 days), so a
+# CDRs: as long as the workers remember cdr_ids (RATING_DEDUP_HORIZON_HOURS, 35 days), so a
 # replay from the earliest offset is still deduplicated.
-CDR_RETENTION_MS=$((7 * DAY_MS))
+CDR_RETENTION_MS=$((35 * DAY_MS))
 # Outputs others consume: room for a consumer that was down over a long weekend.
 OUTPUT_RETENTION_MS=$((7 * DAY_MS))
-# Charges and rejections are what operators replay or reconcile from: keep a month.
-AUDIT_RETENTION_MS=$((30 * DAY_MS))
+# Charges and rejections are what operators replay or reconcile from: at least the horizon.
+AUDIT_RETENTION_MS=$((35 * DAY_MS))
 
 deadline=$((SECONDS + WAIT_SECONDS))
 until "$KAFKA_TOPICS" --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1; do

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
 
     # Exactly-once: a cdr_id is remembered this long after its call_start; CDRs older than
     # this are rejected as `stale` instead of being charged without a dedup guarantee.
-    dedup_horizon_hours: Annotated[int, Field(ge=1, le=24 * 400)] = 7 * 24
+    dedup_horizon_hours: Annotated[int, Field(ge=1, le=24 * 400)] = 35 * 24
     # Write one seal record per changelog partition after each batch, for brokers that
     # report a stale end offset (the embedded Tansu does); see streaming/store.py.
     changelog_seal: bool = True

@@ -22,12 +22,12 @@ log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
 # The same figures as deploy/kafka/create-topics.sh (tests/unit/test_deploy.py keeps them equal).
-# CDRs and funds: as long as the workers remember cdr_ids (the default dedup horizon, 7 days).
-INPUT_RETENTION_MS = 7 * DAY_MS
+# CDRs and funds: as long as the workers remember cdr_ids (the default dedup horizon, 35 days).
+INPUT_RETENTION_MS = 35 * DAY_MS
 # Outputs others consume: room for a consumer that was down over a long weekend.
 OUTPUT_RETENTION_MS = 7 * DAY_MS
-# Charges and rejections are what operators replay or reconcile from: keep a month.
-AUDIT_RETENTION_MS = 30 * DAY_MS
+# Charges and rejections are what operators replay or reconcile from: at least the horizon.
+AUDIT_RETENTION_MS = 35 * DAY_MS
 
 
 def ledger_topic(settings: Settings) -> str:
