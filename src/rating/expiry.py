@@ -69,6 +69,3 @@ class MemoryExpiry:
 
     def forget(self, partition: int) -> None:
         self._heaps.pop(partition, None)
-
-    def size(self, partition: int) -> int:
-        return len(self._heaps.get(partition, []))

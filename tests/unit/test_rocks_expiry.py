@@ -47,12 +47,18 @@ def worker(table: Any) -> tuple[TableStore, Ledger]:
     return store, ledger
 
 
+def charged(ledger: Ledger) -> Feed:
+    """Tenant t1 opened and CDR c1 charged on ``ledger`` (not durable yet)."""
+    feed = Feed(ledger, partition=PART)
+    feed.send("settings", settings_doc())
+    feed.send("cdr", cdr_doc("c1"))
+    return feed
+
+
 def test_markers_expire_from_the_index_on_disk_also_after_a_restart(table: Any) -> None:
     async def scenario() -> None:
         store, ledger = worker(table)
-        feed = Feed(ledger, partition=PART)
-        feed.send("settings", settings_doc())
-        feed.send("cdr", cdr_doc("c1"))
+        feed = charged(ledger)
         feed.send("cdr", cdr_doc("c2", call_start=T0 - timedelta(minutes=30)))
         await store.durable()
         ledger.published(PART, feed.offset)  # outputs acked: the outbox entries go
@@ -87,9 +93,7 @@ def test_markers_expire_from_the_index_on_disk_also_after_a_restart(table: Any) 
 def test_an_entry_is_handed_out_once_until_its_deletion_is_committed(table: Any) -> None:
     async def scenario() -> None:
         store, ledger = worker(table)
-        feed = Feed(ledger, partition=PART)
-        feed.send("settings", settings_doc())
-        feed.send("cdr", cdr_doc("c1"))
+        charged(ledger)
         await store.durable()
         cutoff = int(DUE.timestamp())
         first = store.expiry_due(PART, cutoff, 10)

@@ -325,7 +325,8 @@ def test_the_admin_pages_today_is_the_injected_clocks() -> None:
     assert admin_ops.today(p) == date(2027, 1, 1)
 
 
-def test_an_undecodable_batch_is_parked_at_the_injected_clocks_time() -> None:
+def parking_pipeline() -> tuple[Pipeline, list[bytes]]:
+    """A pipeline whose producer keeps the Rejections the undecodable handler publishes."""
     p = pipeline(ManualClock(AT))
     sent: list[bytes] = []
 
@@ -335,6 +336,11 @@ def test_an_undecodable_batch_is_parked_at_the_injected_clocks_time() -> None:
 
     p.app = SimpleNamespace(producer=Producer())  # type: ignore[assignment]
     p.sinks = {Role.REJECTED: FakeTopic("rating.rejected")}
+    return p, sent
+
+
+def test_an_undecodable_batch_is_parked_at_the_injected_clocks_time() -> None:
+    p, sent = parking_pipeline()
     batch = UndecodableBatch("cdr.audio-conferencing", 0, 10, 12, "lz4", "bad frame")
     assert asyncio.run(undecodable_handler(p)(batch)) is Action.SKIP
     assert json.loads(sent[0])["rejected_at"] == "2026-11-22T10:00:00Z"
@@ -343,15 +349,7 @@ def test_an_undecodable_batch_is_parked_at_the_injected_clocks_time() -> None:
 def test_a_batch_met_again_after_it_was_parked_is_skipped_without_a_second_rejection() -> None:
     # A re-read from a committed offset below a parked batch (after a rebalance) meets it
     # again: it was parked durably the first time, so one Rejection per batch.
-    p = pipeline(ManualClock(AT))
-    sent: list[bytes] = []
-
-    class Producer:
-        async def send_and_wait(self, topic: str, key: Any, value: bytes, *_: Any) -> None:
-            sent.append(value)
-
-    p.app = SimpleNamespace(producer=Producer())  # type: ignore[assignment]
-    p.sinks = {Role.REJECTED: FakeTopic("rating.rejected")}
+    p, sent = parking_pipeline()
     handle = undecodable_handler(p)
     batch = UndecodableBatch("cdr.audio-conferencing", 0, 10, 12, "lz4", "bad frame")
     other = UndecodableBatch("cdr.audio-conferencing", 1, 10, 12, "lz4", "bad frame")

@@ -73,6 +73,11 @@ def exp_of(value: Any) -> int | None:
     return exp if isinstance(exp, int) else None
 
 
+def raw_exp_of(raw_value: bytes) -> int | None:
+    """:func:`exp_of` of an encoded value; most values have no ``exp`` and are not decoded."""
+    return exp_of(json.loads(raw_value)) if b'"exp":' in raw_value else None
+
+
 class Store(rocksdb.Store):
     """Faust's RocksDB store (rocksdict driver) with explicit-partition access."""
 
@@ -118,10 +123,9 @@ class Store(rocksdb.Store):
                 batch.delete(record.key)
                 continue
             batch.put(record.key, value)
-            if b'"exp":' in value:
-                exp = exp_of(json.loads(value))
-                if exp is not None:
-                    batch.put(expiry_entry(exp, record.key), b"", family)
+            exp = raw_exp_of(value)
+            if exp is not None:
+                batch.put(expiry_entry(exp, record.key), b"", family)
         batch.put(self.offset_key, str(records[-1].offset).encode())
         db.write(batch)
         self._loaded[partition] = records[-1].offset
@@ -134,17 +138,21 @@ class Store(rocksdb.Store):
         # for two things: records load_changelog wrote are skipped, and the expiry entries of
         # the values are written first (an entry without its key is harmless).
         events = [e for e in batch if e.message.offset > self._loaded.get(e.message.partition, -1)]
-        entries: dict[int, rocksdict.WriteBatch] = {}
+        entries: dict[int, tuple[rocksdict.WriteBatch, Any]] = {}  # batch, family
         for event in events:
             msg = event.message
-            if msg.value is None or b'"exp":' not in msg.value:
+            exp = None if msg.value is None else raw_exp_of(msg.value)
+            if exp is None:
                 continue
-            exp = exp_of(json.loads(msg.value))
-            if exp is not None:
+            if msg.partition not in entries:
                 db = self._db_for_partition(msg.partition)
-                wb = entries.setdefault(msg.partition, rocksdict.WriteBatch(raw_mode=True))
-                wb.put(expiry_entry(exp, msg.key), b"", self._expiry_family(db))
-        for partition, wb in entries.items():
+                entries[msg.partition] = (
+                    rocksdict.WriteBatch(raw_mode=True),
+                    self._expiry_family(db),
+                )
+            wb, family = entries[msg.partition]
+            wb.put(expiry_entry(exp, msg.key), b"", family)
+        for partition, (wb, _) in entries.items():
             self._db_for_partition(partition).write(wb)
         self._recovering = True
         try:

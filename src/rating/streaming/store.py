@@ -224,12 +224,12 @@ class TableStore(MutableMapping[str, Any]):
         db = self.rocks
         if db is None:
             return []
-        handed = self._swept.setdefault(partition, set())
+        handed = self._swept.get(partition, set())
         start = self._sweep_from.get(partition, 0)
         rows = db.expired_in(partition, cutoff, start, limit + len(handed))
         due = [row for row in rows if row not in handed][:limit]
-        handed.update(due)
         if due:  # everything before it is handed out: the next sweep seeks past it
+            self._swept.setdefault(partition, set()).update(due)
             self._sweep_from[partition] = due[-1][0]
         return due
 
@@ -243,12 +243,12 @@ class TableStore(MutableMapping[str, Any]):
         """The ledger state of one partition (seal records left out): every key, or those of
         ``kinds``. On RocksDB only that partition's database is read, and only the key
         ranges of ``kinds``: what a restart reads does not grow with the markers."""
-        prefixes = None if kinds is None else sorted(f"{k.value}/" for k in kinds)
+        prefixes = None if kinds is None else tuple(sorted(f"{k.value}/" for k in kinds))
 
         def wanted(key: str) -> bool:
             if prefixes is None:
                 return not key.startswith(SEAL_PREFIX)
-            return key.startswith(tuple(prefixes))
+            return key.startswith(prefixes)
 
         db = self.rocks
         if db is None:
