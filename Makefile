@@ -51,7 +51,7 @@ $(KAFKA_STAMP): kafka/pom.xml
 kafka: java $(STAMP) $(KAFKA_STAMP)
 	$(BIN)/rating kafka
 
-# PYTEST_ARGS: extra pytest arguments (.ci/run deselects the known Kafka crash-test loss).
+# PYTEST_ARGS: extra pytest arguments, e.g. PYTEST_ARGS="-k crash -x".
 test-kafka: java $(STAMP) $(KAFKA_STAMP)
 	RATING_TEST_BROKER=kafka $(BIN)/pytest -q $(KAFKA_TESTS) $(PYTEST_ARGS)
 
@@ -77,6 +77,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_rating
 	$(BIN)/python -m bench.bench_pipeline $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench_state
 
 schemas: $(STAMP)
 	$(BIN)/rating schemas --write

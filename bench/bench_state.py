@@ -1,22 +1,25 @@
 """State at scale: changelog bytes, RSS and restart time as remembered CDRs grow (a benchmark).
 
     python -m bench.bench_state [--small 20000] [--large 120000] [--tenants 50]
-                                [--store rocksdict://]
+                                [--store rocksdict://] [--restarts 3] [--worker-env K=V]
 
 One worker on the embedded broker. After ``--small`` and again after ``--large`` charged
 CDRs it prints: changelog bytes per remembered CDR (live: the latest value of each key, what
 a compacted changelog and the local store keep; written: every record, what a replay of an
 uncompacted changelog reads), the data dir's size, the worker's RSS (and that of the same
-worker restarted on its data dir), the restart time with the data dir intact
-and with it deleted (records replayed per second), and the slopes between the two points.
-Restart time = process start to ``/ready`` (recovery done), so it includes ~seconds of
-Python and Faust start-up that do not depend on history.
+worker restarted on its data dir) and its RocksDB memory (``rating_rocksdb_memory_bytes``),
+the restart time with the data dir intact and with it deleted (records replayed per second;
+median of ``--restarts`` each), the rate at which a bare aiokafka consumer reads the same
+changelog from the same broker (the floor a replay cannot beat), and the slopes between the
+two points. Restart time = process start to ``/ready`` (recovery done), so it includes
+~seconds of Python and Faust start-up that do not depend on history.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -48,6 +51,8 @@ class Point:
     rss_restarted: int
     restart_kept: float
     restart_lost: float
+    read_seconds: float  # a bare consumer reading the whole changelog: the broker's floor
+    rocksdb_memory: tuple[float, float]  # memtables, block cache in use before the restarts
 
 
 def rss_bytes(pid: int) -> int:
@@ -61,17 +66,22 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def changelog_figures(env: Env) -> tuple[int, int, int, int]:
-    """(charge markers, live bytes, written bytes, records) of the accounts changelog."""
+def changelog_figures(env: Env) -> tuple[int, int, int, int, float]:
+    """(charge markers, live bytes, written bytes, records, seconds to read them) of the
+    accounts changelog."""
     latest: dict[bytes, bytes | None] = {}
     written = records = 0
-    for r in read_records(env.bootstrap, f"{env.app_id}-accounts-changelog", timeout=60):
+    began = time.perf_counter()
+    changelog = read_records(env.bootstrap, f"{env.app_id}-accounts-changelog", timeout=120)
+    read_seconds = time.perf_counter() - began
+    for r in changelog:
         records += 1
         written += len(r.key or b"") + len(r.value or b"")
         latest[r.key or b""] = r.value
     live = {k: v for k, v in latest.items() if v is not None and not k.startswith(b'"~seal')}
     markers = sum(1 for k in live if k.startswith(b'"c/'))
-    return markers, sum(len(k) + len(v or b"") for k, v in live.items()), written, records
+    live_bytes = sum(len(k) + len(v or b"") for k, v in live.items())
+    return markers, live_bytes, written, records, read_seconds
 
 
 def timed_restart(worker: Worker, lose_data: bool) -> float:
@@ -88,16 +98,35 @@ def charged(worker: Worker) -> float:
     return metric_value(worker.metrics(), "rating_cdrs_charged_total")
 
 
-def measure(env: Env, worker: Worker, cdrs: int) -> Point:
-    markers, live, written, records = changelog_figures(env)
+def measure(env: Env, worker: Worker, cdrs: int, restarts: int) -> Point:
+    markers, live, written, records, read_seconds = changelog_figures(env)
     assert worker.proc is not None
     rss = rss_bytes(worker.proc.pid)
-    kept = timed_restart(worker, lose_data=False)
+    text = worker.metrics()
+    memory = tuple(
+        metric_value(text, "rating_rocksdb_memory_bytes", kind=k)
+        for k in ("memtables", "block_cache")
+    )
+    kept_runs = [timed_restart(worker, lose_data=False) for _ in range(restarts)]
     assert worker.proc is not None
     restarted = rss_bytes(worker.proc.pid)  # a fresh process on the same history
     disk = dir_bytes(Path(worker.data_dir))
-    lost = timed_restart(worker, lose_data=True)
-    return Point(cdrs, markers, live, written, records, rss, disk, restarted, kept, lost)
+    lost_runs = [timed_restart(worker, lose_data=True) for _ in range(restarts)]
+    kept, lost = statistics.median(kept_runs), statistics.median(lost_runs)
+    return Point(
+        cdrs,
+        markers,
+        live,
+        written,
+        records,
+        rss,
+        disk,
+        restarted,
+        kept,
+        lost,
+        read_seconds,
+        (memory[0], memory[1]),
+    )
 
 
 def main() -> None:
@@ -106,14 +135,25 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=120000)
     ap.add_argument("--tenants", type=int, default=50)
     ap.add_argument("--store", default="rocksdict://")
+    ap.add_argument("--restarts", type=int, default=3, help="restarts timed (median) per point")
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the worker, e.g. RATING_ROCKSDB_MEMTABLE_BYTES=16777216",
+    )
     args = ap.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.worker_env)
     tenants = [f"bench-{i}" for i in range(args.tenants)]
     records = cdr_records(args.large, tenants)
     points: list[Point] = []
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         env = Env(broker.bootstrap)
         env.create_topics()
-        worker = Worker(env, Path(tmp), RATING_LOG_LEVEL="WARNING", RATING_STORE=args.store)
+        worker = Worker(
+            env, Path(tmp), RATING_LOG_LEVEL="WARNING", RATING_STORE=args.store, **overrides
+        )
         try:
             worker.start()
             produce(
@@ -137,20 +177,26 @@ def main() -> None:
                     interval=1.0,
                 )
                 done = target
-                points.append(measure(env, worker, target))
+                points.append(measure(env, worker, target, args.restarts))
         finally:
             worker.stop()
-    print(f"store {args.store}, tenants {args.tenants}, one worker, embedded broker")
-    print("(a shared 2-core machine: figures are indicative)")
+    print(
+        f"store {args.store}, tenants {args.tenants}, one worker, {env.partitions} ledger"
+        f" partitions, embedded broker {' '.join(args.worker_env)}"
+    )
+    print(f"(a shared 2-core machine: restart times are the median of {args.restarts})")
     for p in points:
         print(
             f"{p.cdrs:>7} CDRs: {p.markers} markers; changelog live {p.live_bytes / p.markers:.0f}"
             f" B/remembered CDR, written {p.written_bytes / p.cdrs:.0f} B/CDR"
             f" ({p.records} records); data dir {p.disk / p.markers:.0f} B/remembered CDR;"
-            f" RSS {p.rss / 2**20:.0f} MiB ({p.rss_restarted / 2**20:.0f} MiB after a restart);"
+            f" RSS {p.rss / 2**20:.0f} MiB ({p.rss_restarted / 2**20:.0f} MiB after a restart;"
+            f" RocksDB memtables {p.rocksdb_memory[0] / 2**20:.1f} MiB, block cache"
+            f" {p.rocksdb_memory[1] / 2**20:.1f} MiB);"
             f" restart with data dir {p.restart_kept:.1f} s,"
             f" without {p.restart_lost:.1f} s ({p.records / p.restart_lost:.0f} records/s"
-            " incl. start-up)"
+            " incl. start-up); a bare consumer reads the changelog at"
+            f" {p.records / p.read_seconds:.0f} records/s"
         )
     if len(points) == 2:
         a, b = points

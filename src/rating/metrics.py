@@ -192,6 +192,12 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.rocksdb_memory = Gauge(
+            "rating_rocksdb_memory_bytes",
+            "RocksDB memory in use, worker-wide: memtables, block_cache (RocksDB store only).",
+            ["kind"],
+            registry=r,
+        )
         self.partitions_stopped = Gauge(
             "rating_partitions_stopped",
             "Partitions this worker stopped consuming at an undecodable internal batch.",

@@ -58,11 +58,13 @@ class Settings(BaseSettings):
     # rocksdict:// keeps the accounts table in RocksDB under data_dir (one database per
     # partition; a restart replays only the changelog tail). memory:// replays it all.
     store: Literal["rocksdict://", "memory://"] = "rocksdict://"
-    # RocksDB memory, per partition database (README "State"): memtables of this size, at
-    # most this many of them, and an LRU block cache for reads.
+    # RocksDB memory (README "State"). Worker-wide, shared by all its partition databases:
+    # the memtables' total and the LRU block cache (which holds index and filter blocks
+    # too). Per memtable: its size and how many a column family may have.
+    rocksdb_memtable_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
+    rocksdb_block_cache_bytes: Annotated[int, Field(ge=1024 * 1024)] = 32 * 1024 * 1024
     rocksdb_write_buffer_bytes: Annotated[int, Field(ge=64 * 1024)] = 4 * 1024 * 1024
     rocksdb_max_write_buffers: Annotated[int, Field(ge=1, le=16)] = 2
-    rocksdb_block_cache_bytes: Annotated[int, Field(ge=0)] = 8 * 1024 * 1024
     # RocksDB: recovery and standbys write fetched changelog records to the database in bulk
     # (README "State"); false leaves every record to Faust's per-event recovery.
     bulk_recovery: bool = True
@@ -148,11 +150,11 @@ class Settings(BaseSettings):
         return level
 
     def rocksdb_options(self) -> dict[str, int]:
-        """Faust's RocksDB options (``faust.stores.rocksdb.RocksDBOptions``) from ours."""
+        """Faust's per-database RocksDB options (``faust.stores.rocksdb.RocksDBOptions``)
+        from ours; the worker-wide budget is ``rating.streaming.rocks.MemoryBudget``."""
         return {
             "write_buffer_size": self.rocksdb_write_buffer_bytes,
             "max_write_buffer_number": self.rocksdb_max_write_buffers,
-            "block_cache_size": self.rocksdb_block_cache_bytes,
         }
 
     def check_rate_cards_readable(self) -> None:

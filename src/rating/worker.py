@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from rating.malloc import pin_mmap_threshold
 from rating.settings import SettingsError, load_settings
 
 log = logging.getLogger("rating.worker")
@@ -17,6 +18,8 @@ def _fail(message: str) -> int:
 
 
 def run_worker() -> int:
+    # Before anything large is allocated: RSS that follows what the worker holds (malloc.py).
+    pin_mmap_threshold()
     try:
         settings = load_settings()
         settings.check_rate_cards_readable()

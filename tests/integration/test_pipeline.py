@@ -316,3 +316,12 @@ def test_two_workers_share_tenants_and_answer_for_each_other(
         30,
         "rating_tenants to add up over both workers",
     )
+    # RocksDB's worker-wide memory is reported; both have written memtables by now.
+    for w in (a, c):
+        wait_until(
+            lambda w=w: (
+                metric_value(w.metrics(), "rating_rocksdb_memory_bytes", kind="memtables") > 0
+            ),
+            30,
+            "rating_rocksdb_memory_bytes{kind=memtables}",
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,10 +42,55 @@ def test_rocksdict_scheme_is_our_store_with_bounded_options(table: Any) -> None:
     assert isinstance(store, faust_rocksdb.Store)
     assert store.use_rocksdict
     assert store.rocksdb_options.write_buffer_size == 1 << 20  # ours, from the table
-    assert store.rocksdb_options.block_cache_size == rocks.DEFAULT_OPTIONS["block_cache_size"]
+    assert isinstance(store.memory, rocks.MemoryBudget)  # a default budget, none given
     for name in ("_dbs", "_key_index", "offset_key", "_encode_key", "_decode_value"):
         assert hasattr(store, name), name
     assert callable(store._db_for_partition)
+    # Faust opens a partition's database through this method; ours applies the budget.
+    assert "_open_for_partition" in inspect.getsource(faust_rocksdb.Store._db_for_partition)
+    assert params(faust_rocksdb.Store._open_for_partition) == ["self", "partition"]
+
+
+def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
+    """RocksDB flushes in a background thread: await the condition, never sleep a guess."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_all_partition_databases_share_one_memtable_budget_and_block_cache(
+    tmp_path: Path,
+) -> None:
+    # Memtables of 64 MiB each, but 1 MiB for all of them: writing ~12 MB into each of two
+    # partitions flushes both to disk, which 64 MiB memtables alone never would, and keeps
+    # the memtables near the budget (the manager flushes the database being written, so it
+    # is a target, not a hard cap), far below the 24 MB written.
+    memory = rocks.MemoryBudget(memtable_bytes=1 << 20, block_cache_bytes=4 << 20)
+    app = faust.App("budget", store="rocksdict://", datadir=str(tmp_path))
+    store = app.Table(
+        "accounts",
+        partitions=PARTITIONS,
+        key_type=str,
+        options={"write_buffer_size": 64 << 20, rocks.MEMORY_OPTION: memory},
+    ).data
+    assert store.memory is memory
+    value = {"note": "x" * 1000}
+    for p in (1, 2):
+        store._db_for_partition(p)
+    for i in range(12000):
+        store.commit_batch({1: {f"a/{i}": value}, 2: {f"a/{i}": value}})
+    assert 0 < memory.memtable_usage() <= 6 << 20
+    for p in (1, 2):
+        wait_for(lambda p=p: any(Path(store.partition_path(p)).glob("*.sst")), f"flush of {p}")
+    # The flushed files' index and filter blocks are in the one shared cache, and reads of
+    # flushed data add their data blocks to it.
+    indexes = memory.block_cache_usage()
+    assert indexes > 0
+    assert store.get_in(1, "a/0") == value
+    assert store.get_in(2, "a/1") == value
+    assert indexes < memory.block_cache_usage() <= memory.block_cache_bytes
 
 
 def test_commit_batch_writes_state_and_offset_per_partition(table: Any) -> None:

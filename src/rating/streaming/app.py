@@ -38,6 +38,7 @@ from rating.settings import Settings
 from rating.streaming import transport
 from rating.streaming.clock import Clock, SystemClock
 from rating.streaming.quarantine import undecodable_handler
+from rating.streaming.rocks import MEMORY_OPTION, MemoryBudget
 from rating.streaming.sensors import LeanMonitor
 from rating.streaming.store import RocksExpiry, TableStore, changelog_loader, key_partitioner
 
@@ -117,6 +118,8 @@ class Pipeline:
     table: Any = None
     kind_by_topic: dict[str, Kind] = field(default_factory=dict)
     clock: Clock = field(default_factory=SystemClock)
+    #: RocksDB's worker-wide memory (None on memory://).
+    rocksdb_memory: MemoryBudget | None = None
     _indexed: set[int] = field(default_factory=set)
 
     # --- ledger index maintenance ---------------------------------------------------------
@@ -362,14 +365,20 @@ def create_app(
         max_failures=settings.recharge_max_failures,
         daily_cap=settings.recharge_daily_cap,
     )
+    on_rocksdb = settings.store.startswith("rocksdict")
+    # RocksDB memtables and block cache: bounded per worker, see README "State".
+    memory = (
+        MemoryBudget(settings.rocksdb_memtable_bytes, settings.rocksdb_block_cache_bytes)
+        if on_rocksdb
+        else None
+    )
     # JSON values (the app default serializer); keys are "a/...", "c/...": see ledger.py.
     table = app.Table(
         "accounts",
         partitions=settings.partitions,
         key_type=str,
         help="Accounts and dedup markers by tenant.",
-        # RocksDB memtables and block cache (per partition database): bounded, see README.
-        options=settings.rocksdb_options() if settings.store.startswith("rocksdict") else None,
+        options={**settings.rocksdb_options(), MEMORY_OPTION: memory} if on_rocksdb else None,
     )
     store = TableStore(table, key_partitioner(settings.partitions))
     store.seal = settings.changelog_seal
@@ -385,7 +394,7 @@ def create_app(
         timedelta(hours=settings.dedup_horizon_hours),
         hold,
         # On RocksDB the expiry index is on disk (rating.expiry); the memory store's is a heap.
-        expiry=RocksExpiry(store) if settings.store.startswith("rocksdict") else None,
+        expiry=RocksExpiry(store) if on_rocksdb else None,
     )
     p = Pipeline(
         settings=settings,
@@ -396,6 +405,7 @@ def create_app(
         store=store,
         table=table,
         clock=clock,
+        rocksdb_memory=memory,
     )
     transport.configure(
         app,
@@ -555,6 +565,9 @@ def _update_gauges(p: Pipeline) -> None:
             _set_lag(p, consumer, tp)
     for topic, count in by_topic.items():
         m.partitions_owned.labels(topic).set(count)
+    if p.rocksdb_memory is not None:
+        m.rocksdb_memory.labels("memtables").set(p.rocksdb_memory.memtable_usage())
+        m.rocksdb_memory.labels("block_cache").set(p.rocksdb_memory.block_cache_usage())
 
 
 def _set_lag(p: Pipeline, consumer: Any, tp: TP) -> None:

@@ -26,12 +26,19 @@ or before it (recovery, standbys). The ledger's clock tick reads the due entries
 remembered CDR costs RAM, and a restart rebuilds nothing. An entry is a hint: the ledger
 checks the key's current value before it deletes (rating.expiry).
 
+Memory (:class:`MemoryBudget`): one memtable budget (a RocksDB write buffer manager) and one
+block cache per worker process, shared by every partition database and column family it
+opens, so the worker's RocksDB memory is bounded by two settings, not multiplied by its
+partition count. Index and filter blocks are kept in that cache too (Faust's default holds
+them outside any bound, growing with the data on disk). So this subclass opens the databases
+itself (:meth:`Store._open_for_partition`), with the expiry family declared up front.
+
 Registered under the ``rocksdict`` URL scheme (entry point ``faust.stores`` in pyproject):
 Faust's own ``rocksdb://`` would write batch state into the wrong partition's database.
 
 Faust internals relied on (pinned by ``tests/unit/test_rocks_store.py``): ``_dbs`` (open
-databases by partition), ``_db_for_partition``, ``_key_index``, ``offset_key``,
-``_encode_key`` / ``_encode_value`` / ``_decode_key`` / ``_decode_value``.
+databases by partition), ``_db_for_partition``, ``_open_for_partition``, ``_key_index``,
+``offset_key``, ``_encode_key`` / ``_encode_value`` / ``_decode_key`` / ``_decode_value``.
 """
 
 from __future__ import annotations
@@ -47,14 +54,51 @@ from faust.types import TP
 #: A deletion in :meth:`Store.commit_batch`'s writes.
 DELETED: Any = object()
 
-#: Bounded defaults (Faust's are 64 MiB x 3 memtables and a 2 GiB block cache per
-#: partition database); see README "State" for the memory arithmetic.
+#: Bounded defaults per memtable (Faust's are 64 MiB x 3 memtables and a 2 GiB block cache
+#: per partition database); the worker-wide bounds are :class:`MemoryBudget`'s.
 DEFAULT_OPTIONS: Mapping[str, int] = {
     "write_buffer_size": 4 * 1024 * 1024,
     "max_write_buffer_number": 2,
-    "block_cache_size": 8 * 1024 * 1024,
     "target_file_size_base": 16 * 1024 * 1024,
 }
+#: The table option that carries the worker's :class:`MemoryBudget`.
+MEMORY_OPTION = "memory"
+
+
+class MemoryBudget:
+    """The RocksDB memory of one worker process, shared by all its partition databases:
+    memtables (all of them, every family) flushed when they reach ``memtable_bytes``, and
+    one LRU ``block_cache_bytes`` read cache that also holds index and filter blocks."""
+
+    def __init__(
+        self, memtable_bytes: int = 32 * 1024 * 1024, block_cache_bytes: int = 32 * 1024 * 1024
+    ) -> None:
+        self.memtable_bytes = memtable_bytes
+        self.block_cache_bytes = block_cache_bytes
+        self.write_buffers = rocksdict.WriteBufferManager(memtable_bytes, False)  # no stall
+        self.block_cache = rocksdict.Cache(block_cache_bytes)
+
+    def memtable_usage(self) -> int:
+        return int(self.write_buffers.get_usage())
+
+    def block_cache_usage(self) -> int:
+        return int(self.block_cache.get_usage())
+
+    def options(self, write_buffer_size: int, max_write_buffers: int) -> rocksdict.Options:
+        """Options of a database or column family under this budget."""
+        options = rocksdict.Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.create_missing_column_families(True)
+        options.set_write_buffer_manager(self.write_buffers)
+        options.set_write_buffer_size(write_buffer_size)
+        options.set_max_write_buffer_number(max_write_buffers)
+        table = rocksdict.BlockBasedOptions()
+        table.set_block_cache(self.block_cache)
+        table.set_cache_index_and_filter_blocks(True)
+        table.set_pin_l0_filter_and_index_blocks_in_cache(True)  # the hot ones stay
+        table.set_bloom_filter(10, True)  # markers are mostly looked up absent
+        options.set_block_based_table_factory(table)
+        return options
 
 
 #: The column family of the expiry index.
@@ -83,6 +127,7 @@ class Store(rocksdb.Store):
 
     def __init__(self, *args: Any, options: Mapping[str, Any] | None = None, **kw: Any) -> None:
         opts = {**DEFAULT_OPTIONS, **(options or {}), "driver": "rocksdict"}
+        self.memory: MemoryBudget = opts.pop(MEMORY_OPTION, None) or MemoryBudget()
         super().__init__(*args, options=opts, **kw)
         self._recovering = False
         self._acked: dict[int, int] = {}  # partition -> highest acked live changelog offset
@@ -99,6 +144,20 @@ class Store(rocksdb.Store):
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         for tp in revoked | newly_assigned:
             self._live.discard(tp.partition)  # recovered afresh before it is written again
+
+    def _open_for_partition(self, partition: int) -> Any:
+        # Faust's RocksDBOptions.open gives each database its own cache and no memtable bound.
+        conf = self.rocksdb_options
+        options = self.memory.options(conf.write_buffer_size, conf.max_write_buffer_number)
+        if conf.max_open_files is not None:
+            options.set_max_open_files(conf.max_open_files)
+        options.set_target_file_size_base(conf.target_file_size_base)
+        return rocksdict.Rdict(
+            str(self.partition_path(partition)),
+            options=options,
+            column_families={EXPIRY_FAMILY: self.memory.options(EXPIRY_WRITE_BUFFER, 2)},
+            access_type=rocksdict.AccessType.read_write(),
+        )
 
     def load_changelog(self, partition: int, records: Sequence[Any]) -> bool:
         """Bulk recovery: write changelog records fetched for ``partition`` (recovery or
@@ -263,13 +322,7 @@ class Store(rocksdb.Store):
         return out
 
     def _expiry_family(self, db: Any) -> Any:
-        """The expiry column family of ``db``, created on first use. Looked up per call, not
-        kept: a handle held here would keep a revoked partition's database open (locked)."""
-        try:
-            return db.get_column_family_handle(EXPIRY_FAMILY)
-        except Exception:  # rocksdict raises a bare Exception for a missing family
-            options = rocksdict.Options(raw_mode=True)
-            options.set_write_buffer_size(EXPIRY_WRITE_BUFFER)
-            options.set_max_write_buffer_number(2)
-            db.create_column_family(EXPIRY_FAMILY, options)
-            return db.get_column_family_handle(EXPIRY_FAMILY)
+        """The expiry column family of ``db`` (declared when the database is opened). Looked
+        up per call, not kept: a handle held here would keep a revoked partition's database
+        open (locked)."""
+        return db.get_column_family_handle(EXPIRY_FAMILY)
