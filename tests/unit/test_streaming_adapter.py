@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from faust.sensors.monitor import Monitor
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP
 from prometheus_client import generate_latest
 
 from rating.contracts import Charge, Rejection
@@ -124,6 +126,18 @@ def test_the_lean_monitor_keeps_the_commit_and_rebalance_figures() -> None:
         assert getattr(LeanMonitor, name) is getattr(Monitor, name)
     monitor = LeanMonitor()
     assert monitor.on_stream_event_in(None, 0, None, None) is None  # no per-event state
+
+
+def test_the_lean_monitor_records_when_a_stream_last_took_an_event() -> None:
+    # Faust's consumer tells a stalled stream from a working one by this figure; without it
+    # it logs "Stream has not started processing" for every partition it is processing.
+    check = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread.verify_event_path)
+    assert "monitor.stream_inbound_time.get(tp)" in check
+    monitor = LeanMonitor()
+    tp = TP("ledger", 3)
+    before = time.monotonic()
+    monitor.on_stream_event_in(tp, 7, None, None)
+    assert before <= monitor.stream_inbound_time[tp] <= time.monotonic()
 
 
 def test_the_app_uses_the_lean_monitor(tmp_path: Any) -> None:

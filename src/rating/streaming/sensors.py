@@ -6,10 +6,17 @@ samples): measured at ~30% of a no-op agent's rate. Nothing in this project read
 per-event figures (``/metrics`` is ours), so :class:`LeanMonitor` keeps the Monitor's shape
 (Faust's web views and rebalance/commit/assignment hooks still work) and turns the
 per-event hooks into no-ops. Passed as ``faust.App(..., Monitor=LeanMonitor)``.
+
+One per-event figure is kept: when a partition's stream last took an event
+(``stream_inbound_time``, one clock read and one dict store). Faust's consumer reads it to
+tell a stalled stream from an idle one; without it every worker logged "Stream has not
+started processing" at ERROR after ``stream_processing_timeout``, for partitions it was
+processing all along.
 """
 
 from __future__ import annotations
 
+from time import monotonic
 from typing import Any
 
 from faust.sensors.monitor import Monitor
@@ -37,7 +44,7 @@ class LeanMonitor(Monitor):
         return None
 
     def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
-        return None
+        self.stream_inbound_time[tp] = monotonic()  # Faust's stall check reads it
 
     def on_stream_event_out(
         self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None
