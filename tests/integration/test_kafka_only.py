@@ -179,13 +179,20 @@ def test_workers_join_kafka_4_as_a_classic_consumer_group(
 def test_kafka_command_says_where_it_listens_and_stops_on_ctrl_c() -> None:
     """`make kafka` = `rating kafka`: a broker clients can use, gone after Ctrl-C."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rating", "kafka", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    # As from an interactive shell: SIGINT not ignored. A suite started in the background by
+    # a non-interactive shell ignores it, the child would inherit that, and a Python started
+    # with SIGINT ignored never raises KeyboardInterrupt. A handled signal is reset at exec.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rating", "kafka", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]
