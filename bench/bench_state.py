@@ -103,9 +103,9 @@ def measure(env: Env, worker: Worker, cdrs: int, restarts: int) -> Point:
     assert worker.proc is not None
     rss = rss_bytes(worker.proc.pid)
     text = worker.metrics()
-    memory = tuple(
-        metric_value(text, "rating_rocksdb_memory_bytes", kind=k)
-        for k in ("memtables", "block_cache")
+    memory = (
+        metric_value(text, "rating_rocksdb_memory_bytes", kind="memtables"),
+        metric_value(text, "rating_rocksdb_memory_bytes", kind="block_cache"),
     )
     kept_runs = [timed_restart(worker, lose_data=False) for _ in range(restarts)]
     assert worker.proc is not None
@@ -125,7 +125,7 @@ def measure(env: Env, worker: Worker, cdrs: int, restarts: int) -> Point:
         kept,
         lost,
         read_seconds,
-        (memory[0], memory[1]),
+        memory,
     )
 
 

@@ -88,6 +88,25 @@ def rating_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "rating", *args]
 
 
+def start_foreground(*args: str) -> subprocess.Popen[str]:
+    """``rating ARGS...`` as an interactive shell runs a foreground command: in its own
+    session (the test signals it alone), output piped as text, and SIGINT not ignored. A
+    suite started in the background by a non-interactive shell ignores SIGINT, a child would
+    inherit that, and a Python started with it ignored never raises KeyboardInterrupt; a
+    handled signal is reset at exec, so it is handled here while the child starts."""
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            rating_command(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+
+
 def billing_sim_command(
     failure_rate: float, seed: int, latency: float, group: str, bootstrap: str | None = None
 ) -> list[str]:

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
 from rating.settings import Settings, Topics
 from rating.streaming.topics import contract_topics
+from rating.testing import start_foreground
 from tests.integration.harness import (
     SAMPLE_CARDS,
     Env,
@@ -179,20 +179,7 @@ def test_workers_join_kafka_4_as_a_classic_consumer_group(
 def test_kafka_command_says_where_it_listens_and_stops_on_ctrl_c() -> None:
     """`make kafka` = `rating kafka`: a broker clients can use, gone after Ctrl-C."""
     port = free_port()
-    # As from an interactive shell: SIGINT not ignored. A suite started in the background by
-    # a non-interactive shell ignores it, the child would inherit that, and a Python started
-    # with SIGINT ignored never raises KeyboardInterrupt. A handled signal is reset at exec.
-    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "rating", "kafka", "--port", str(port)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-    finally:
-        signal.signal(signal.SIGINT, inherited)
+    proc = start_foreground("kafka", "--port", str(port))
     try:
         assert proc.stdout is not None
         lines = [proc.stdout.readline() for _ in range(3)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rating.broker import free_port
-from rating.testing import kill_process
+from rating.testing import kill_process, start_foreground
 from tests.integration.harness import (
     SAMPLE_CARDS,
     Env,
@@ -164,13 +164,7 @@ def test_rate_cards_reload_without_restart_and_bad_files_are_refused(
 
 def test_broker_command_serves_kafka_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rating", "broker", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_foreground("broker", "--port", str(port))
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,6 +19,7 @@ from faust.types import TP
 
 from rating.streaming import rocks
 from rating.streaming.store import TableStore, key_partitioner
+from rating.testing import wait_until
 
 PARTITIONS = 4
 
@@ -51,15 +51,6 @@ def test_rocksdict_scheme_is_our_store_with_bounded_options(table: Any) -> None:
     assert params(faust_rocksdb.Store._open_for_partition) == ["self", "partition"]
 
 
-def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
-    """RocksDB flushes in a background thread: await the condition, never sleep a guess."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_all_partition_databases_share_one_memtable_budget_and_block_cache(
     tmp_path: Path,
 ) -> None:
@@ -83,7 +74,10 @@ def test_all_partition_databases_share_one_memtable_budget_and_block_cache(
         store.commit_batch({1: {f"a/{i}": value}, 2: {f"a/{i}": value}})
     assert 0 < memory.memtable_usage() <= 6 << 20
     for p in (1, 2):
-        wait_for(lambda p=p: any(Path(store.partition_path(p)).glob("*.sst")), f"flush of {p}")
+        # RocksDB flushes in a background thread.
+        wait_until(
+            lambda p=p: any(Path(store.partition_path(p)).glob("*.sst")), 30, f"flush of {p}"
+        )
     # The flushed files' index and filter blocks are in the one shared cache, and reads of
     # flushed data add their data blocks to it.
     indexes = memory.block_cache_usage()
