@@ -63,6 +63,11 @@ Exactly once in effect, without Kafka transactions:
    order: the outbox entry, markers (and held-message changes), usage, the account, then
    deletions. So a record that applies several messages at once (below) still lands as a
    prefix.
+9. A deposed owner (a worker frozen past its session timeout, then woken) may still write
+   the changelog of the batch it was in. Recovery drops its records that come after its
+   successor's, the successor writes the keys they touched again, and the deposed owner
+   finds its successor's records among its own and publishes nothing of that batch: owner
+   epochs, :mod:`rating.streaming.epochs` (the adapter's part of this argument).
 
 The outbox and publication. The adapter applies a batch, waits until its changelog records
 are acked (``store.durable``), publishes the batch's outputs and waits for the broker's acks,

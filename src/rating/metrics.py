@@ -168,6 +168,19 @@ class Metrics:
             buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
             registry=r,
         )
+        self.ledger_fenced = Counter(
+            "rating_ledger_fenced_total",
+            "Ledger batches dropped on a partition because a newer owner had written its "
+            "changelog: this worker had been deposed (outputs withheld, records left unacked).",
+            ["partition"],
+            registry=r,
+        )
+        self.changelog_repaired_keys = Counter(
+            "rating_changelog_repaired_keys_total",
+            "State keys written again because a deposed owner's changelog records were found "
+            "after the live owner's (so compaction keeps the live owner's value).",
+            registry=r,
+        )
         self.ledger_flush_seconds = Histogram(
             "rating_ledger_flush_seconds",
             "Waiting for the broker to ack a batch's changelog records (and seals).",

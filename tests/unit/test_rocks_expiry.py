@@ -34,7 +34,7 @@ def worker(table: Any) -> tuple[TableStore, Ledger]:
     """A TableStore (changelog acked at once) and a ledger on it, as `rating worker` wires them."""
     sent: list[Any] = []
 
-    async def send(partition: int, key: str, value: Any) -> Any:
+    async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
         sent.append((partition, key, value))
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(SimpleNamespace(partition=partition, offset=len(sent)))

@@ -18,6 +18,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
 from rating.streaming import rocks
+from rating.streaming.epochs import headers_of
 from rating.streaming.store import TableStore, key_partitioner
 from rating.testing import wait_until
 
@@ -111,7 +112,7 @@ def test_recovery_writes_offsets_directly(table: Any) -> None:
     class Msg:
         def __init__(self, offset: int, key: bytes, value: bytes | None) -> None:
             self.tp, self.partition, self.offset = TP("changelog", 3), 3, offset
-            self.key, self.value = key, value
+            self.key, self.value, self.headers = key, value, []
 
     class Ev:
         def __init__(self, message: Msg) -> None:
@@ -188,7 +189,7 @@ def test_table_store_holds_writes_until_the_changelog_is_acked(table: Any) -> No
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
 
-        async def send(partition: int, key: str, value: Any) -> Any:
+        async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
             sent.append((partition, key, value))
             fut = loop.create_future()
             fut.set_result(SimpleNamespace(partition=partition, offset=len(sent)))
@@ -218,10 +219,14 @@ def test_table_store_holds_writes_until_the_changelog_is_acked(table: Any) -> No
 
 
 class Rec:
-    """What aiokafka fetches: a ConsumerRecord's key, value and offset (raw bytes)."""
+    """What aiokafka fetches: a ConsumerRecord's key, value, offset (raw bytes) and headers
+    (the writer's epoch, if given)."""
 
-    def __init__(self, offset: int, key: bytes, value: bytes | None) -> None:
+    def __init__(
+        self, offset: int, key: bytes, value: bytes | None, epoch: int | None = None
+    ) -> None:
         self.offset, self.key, self.value = offset, key, value
+        self.headers = [] if epoch is None else headers_of(epoch)
 
 
 class Ev:
@@ -234,6 +239,7 @@ class Ev:
             offset=rec.offset,
             key=rec.key,
             value=rec.value,
+            headers=rec.headers,
         )
 
 
@@ -297,3 +303,76 @@ def test_faust_recovery_keeps_the_highest_offset_and_writes_through_the_store() 
         "newly_assigned",
         "generation_id",
     ]
+
+
+# --- owner epochs (streaming/epochs.py) ------------------------------------------------------
+
+
+def test_bulk_recovery_drops_a_deposed_owners_records_and_remembers_it_on_disk(
+    tmp_path: Path,
+) -> None:
+    def open_table() -> Any:
+        app = faust.App("epochs", store="rocksdict://", datadir=str(tmp_path))
+        return app.Table("accounts", partitions=PARTITIONS, key_type=str).data
+
+    def restart(store: Any) -> Any:
+        # Revoked, which closes the partition's database (Faust drops it), then a new store
+        # on the same data dir, as a restarted worker would open.
+        tp = TP("epochs-accounts-changelog", 1)
+        asyncio.run(store.on_rebalance(set(), {tp}, set()))
+        assert 1 not in store._dbs
+        store = open_table()
+        store._db_for_partition(1)  # assigned again: Faust opens it
+        return store
+
+    store = open_table()
+    fetched = [
+        Rec(10, b'"a/t"', b'{"lo":10}', epoch=4),
+        Rec(11, b'"a/t"', b'{"lo":11}', epoch=5),  # the successor
+        Rec(12, b'"a/t"', b'{"lo":10,"stale":1}', epoch=4),  # the deposed owner, woken
+        Rec(13, b'"o/t/12"', b'{"out":[]}', epoch=4),
+    ]
+    assert store.load_changelog(1, fetched)
+    assert store.get_in(1, "a/t") == {"lo": 11}
+    assert store.get_in(1, "o/t/12") is None
+    assert store.persisted_offset(TP("changelog", 1)) == 13
+    assert store.highest_epoch(1) == 5
+    assert store.pending_repairs(1) == {"a/t", "o/t/12"}
+
+    # Restarted on its data dir: the epoch and the keys awaiting repair are still known, so
+    # a deposed owner's record after the persisted offset is still dropped.
+    store = restart(store)
+    assert store.highest_epoch(1) == 5
+    assert store.pending_repairs(1) == {"a/t", "o/t/12"}
+    assert store.load_changelog(1, [Rec(14, b'"a/t"', b'{"lo":9}', epoch=4)])
+    assert store.get_in(1, "a/t") == {"lo": 11}
+    # A later record of a key by the live owner: that key needs no repair any more.
+    assert store.load_changelog(1, [Rec(15, b'"o/t/12"', None, epoch=5)])
+    assert store.pending_repairs(1) == {"a/t"}
+    # The live owner's repair is acked: stored with its batch, gone after a restart too.
+    store.written(1, 6, ["a/t"])
+    store.commit_batch({1: {"a/t": {"lo": 11}}})
+    assert store.pending_repairs(1) == set()
+    store = restart(store)
+    assert store.pending_repairs(1) == set()
+    assert store.highest_epoch(1) == 6
+
+
+def test_faust_recovery_path_drops_a_deposed_owners_records_too(table: Any) -> None:
+    store = table.data
+    store._db_for_partition(2)
+    store.commit_batch({2: {"a/t": {"lo": 1}}})  # written live: Faust's path
+    store.apply_changelog_batch(
+        [
+            Ev(2, Rec(5, b'"a/t"', b'{"lo":5}', epoch=8)),
+            Ev(2, Rec(6, b'"a/t"', b'{"lo":2}', epoch=7)),
+            Ev(2, Rec(7, b'"c/t/1"', b'{"lo":6,"amt":"0.01","exp":900}', epoch=7)),
+        ],
+        lambda k: k,
+        lambda v: v,
+    )
+    assert store.get_in(2, "a/t") == {"lo": 5}
+    assert store.get_in(2, "c/t/1") is None
+    assert store.expired_in(2, 901, 0, 10) == []  # no expiry entry for a dropped record
+    assert store.pending_repairs(2) == {"a/t", "c/t/1"}
+    assert store.highest_epoch(2) == 8

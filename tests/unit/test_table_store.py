@@ -54,6 +54,16 @@ class _Data(dict[str, Any]):
     def set_persisted_offset(self, tp: Any, offset: int) -> None:
         self.persisted[tp] = offset
 
+    # Owner epochs (memory.py's interface): nothing recovered here.
+    def highest_epoch(self, partition: int) -> int:
+        return 0
+
+    def pending_repairs(self, partition: int) -> set[str]:
+        return set()
+
+    def written(self, partition: int, epoch: int, repaired: Any) -> None:
+        return None
+
 
 def run_store(ops: Any, seal: bool = True) -> tuple[list[tuple[int, str, Any]], FakeTable]:
     table = FakeTable()
@@ -62,7 +72,7 @@ def run_store(ops: Any, seal: bool = True) -> tuple[list[tuple[int, str, Any]], 
     async def go() -> None:
         loop = asyncio.get_running_loop()
 
-        async def send(partition: int, key: str, value: Any) -> Any:
+        async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
             sent.append((partition, key, value))
             fut = loop.create_future()
             fut.set_result(SimpleNamespace(partition=partition, offset=len(sent) - 1))

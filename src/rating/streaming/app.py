@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP
@@ -40,7 +40,14 @@ from rating.streaming.clock import Clock, SystemClock
 from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.rocks import MEMORY_OPTION, MemoryBudget
 from rating.streaming.sensors import LeanMonitor
-from rating.streaming.store import RocksExpiry, TableStore, changelog_loader, key_partitioner
+from rating.streaming.store import (
+    RocksExpiry,
+    TableStore,
+    changelog_ends,
+    changelog_loader,
+    changelog_reader,
+    key_partitioner,
+)
 
 log = logging.getLogger("rating.worker")
 
@@ -139,8 +146,13 @@ class Pipeline:
 
     def on_revoked(self) -> None:
         for p in list(self._indexed):
-            self.ledger.forget(p)
-        self._indexed.clear()
+            self.forget(p)
+
+    def forget(self, partition: int) -> None:
+        """Drop the in-memory index of a partition (revoked, or fenced: epochs.py)."""
+        if partition in self._indexed:
+            self.ledger.forget(partition)
+            self._indexed.discard(partition)
 
     # --- applying -------------------------------------------------------------------------
 
@@ -208,6 +220,43 @@ class Pipeline:
         for (topic, reason), n in rejected.items():
             m.cdrs_rejected.labels(topic, reason).inc(n)
         return out
+
+    async def ledger_batch(self, events: Sequence[Any]) -> None:
+        """Apply a batch of ledger records, make its state durable, publish its outputs.
+
+        Owner epochs (streaming/epochs.py): the batch's changelog records carry its consumer
+        group generation; keys a deposed owner wrote are written again first. On a partition
+        where this worker is found deposed, the batch's records are not applied, or their
+        state is dropped and their outputs withheld; they are acked all the same (Faust's
+        revocation waits for every record to be acked) but that partition is never committed
+        again in this generation (``transport.Consumer.fence``): its new owner has them."""
+        m, store = self.metrics, self.store
+        store.epoch = batch_epoch(self.app, events)
+        repaired = store.repair(sorted(self.owned_ledger_partitions()))
+        if repaired:
+            m.changelog_repaired_keys.inc(repaired)
+        applied: list[tuple[Any, Result, float | None]] = []
+        for event in events:
+            if store.fenced(event.message.partition):
+                continue
+            result, started = self.apply(event.message)
+            applied.append((event, result, started))
+            if result.outcome is Outcome.TICK:  # others' records looked for at every tick
+                store.probe(event.message.partition)
+        flush_started = self.clock.monotonic()
+        fenced = await store.durable()
+        m.ledger_flush_seconds.observe(self.clock.monotonic() - flush_started)
+        m.ledger_batch_size.observe(len(events))
+        ledger_topic = self.topics["ledger"].get_topic_name()
+        for partition in fenced:
+            m.ledger_fenced.labels(str(partition)).inc()
+            cast(transport.Consumer, self.app.consumer).fence(TP(ledger_topic, partition))
+            self.forget(partition)
+        kept = [a for a in applied if a[0].message.partition not in fenced]
+        upto = {event.message.partition: event.message.offset for event, _, _ in kept}
+        await self.publish([out for _, result, _ in kept for out in result.outputs])
+        await self.clear_outbox(upto)
+        self.count_results([(result, started) for _, result, started in kept])
 
     # --- publishing -----------------------------------------------------------------------
 
@@ -380,7 +429,12 @@ def create_app(
         help="Accounts and dedup markers by tenant.",
         options={**settings.rocksdb_options(), MEMORY_OPTION: memory} if on_rocksdb else None,
     )
-    store = TableStore(table, key_partitioner(settings.partitions))
+    store = TableStore(
+        table,
+        key_partitioner(settings.partitions),
+        read=changelog_reader(table, settings.kafka_bootstrap),
+        ends=changelog_ends(table),
+    )
     store.seal = settings.changelog_seal
     hold = HoldPolicy(
         seconds=settings.unknown_tenant_hold_seconds,
@@ -478,8 +532,15 @@ async def settle(app: Any, events: Sequence[Any], work: Awaitable[None]) -> None
         event.ack()
 
 
+def batch_epoch(app: Any, events: Sequence[Any]) -> int:
+    """The consumer group generation a batch was fetched in: Faust stamps it on each message
+    (``Message.generation_id``) and skips messages of an older one; the changelog epoch."""
+    stamped = [e.message.generation_id for e in events if e.message.generation_id is not None]
+    return max(stamped) if stamped else int(app.consumer_generation_id)
+
+
 def _register_agents(p: Pipeline) -> None:
-    app, m = p.app, p.metrics
+    app = p.app
 
     @app.agent(p.topics["inputs"], name="ingest")
     async def ingest(stream: Any) -> None:
@@ -502,24 +563,7 @@ def _register_agents(p: Pipeline) -> None:
         # them to RocksDB and seals them; a crash before that replays them from the changelog
         # or, at worst, republishes outputs already acked (allowed: consumers dedupe).
         async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
-            await settle(p.app, events, ledger_batch(events))
-
-    async def ledger_batch(events: Sequence[Any]) -> None:
-        outputs: list[Output] = []
-        done: list[tuple[Result, float | None]] = []
-        upto: dict[int, int] = {}
-        for event in events:
-            result, started = p.apply(event.message)
-            outputs.extend(result.outputs)
-            done.append((result, started))
-            upto[event.message.partition] = event.message.offset
-        flush_started = p.clock.monotonic()
-        await p.store.durable()
-        m.ledger_flush_seconds.observe(p.clock.monotonic() - flush_started)
-        m.ledger_batch_size.observe(len(events))
-        await p.publish(outputs)
-        await p.clear_outbox(upto)
-        p.count_results(done)
+            await settle(p.app, events, p.ledger_batch(events))
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
 

@@ -33,6 +33,13 @@ partition count. Index and filter blocks are kept in that cache too (Faust's def
 them outside any bound, growing with the data on disk). So this subclass opens the databases
 itself (:meth:`Store._open_for_partition`), with the expiry family declared up front.
 
+Owner epochs (:mod:`rating.streaming.epochs`): both recovery paths drop a deposed owner's
+records (:class:`EpochFilter`), and each database keeps, in its ``rating-meta`` column family,
+the highest epoch it has read or written (so a restart from the data dir goes on filtering
+where it stopped) and the keys of the records it dropped, until the live owner has written
+them again (:meth:`Store.pending_repairs`). Both are written in the same write batch as the
+records and the offset they go with.
+
 Registered under the ``rocksdict`` URL scheme (entry point ``faust.stores`` in pyproject):
 Faust's own ``rocksdb://`` would write batch state into the wrong partition's database.
 
@@ -50,6 +57,8 @@ from typing import Any
 import rocksdict
 from faust.stores import rocksdb
 from faust.types import TP
+
+from rating.streaming.epochs import EpochFilter, epoch_of
 
 #: A deletion in :meth:`Store.commit_batch`'s writes.
 DELETED: Any = object()
@@ -107,6 +116,12 @@ EXPIRY_FAMILY = "expiry"
 EXPIRY_WRITE_BUFFER = 1024 * 1024
 
 
+#: The column family of this project's bookkeeping (see the module docstring).
+META_FAMILY = "rating-meta"
+EPOCH_META = b"epoch"
+REPAIR_META = b"repair/"  # + the raw key of a dropped record
+
+
 def expiry_entry(exp: int, raw_key: bytes) -> bytes:
     return exp.to_bytes(8, "big") + raw_key
 
@@ -137,6 +152,11 @@ class Store(rocksdb.Store):
         self._loaded: dict[int, int] = {}
         self._handed: dict[int, int] = {}
         self._applied: dict[int, int] = {}
+        # Owner epochs, by partition: read from the database when first needed.
+        self._epochs = EpochFilter()
+        self._epochs_read: set[int] = set()
+        self._repairs: dict[int, set[str]] = {}
+        self._meta_due: dict[int, tuple[int, Collection[str]]] = {}  # for commit_batch
 
     async def on_rebalance(
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
@@ -144,6 +164,7 @@ class Store(rocksdb.Store):
         await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
         for tp in revoked | newly_assigned:
             self._live.discard(tp.partition)  # recovered afresh before it is written again
+            self._forget_epochs(tp.partition)  # read again from its database when needed
 
     def _open_for_partition(self, partition: int) -> Any:
         # Faust's RocksDBOptions.open gives each database its own cache and no memtable bound.
@@ -155,7 +176,10 @@ class Store(rocksdb.Store):
         return rocksdict.Rdict(
             str(self.partition_path(partition)),
             options=options,
-            column_families={EXPIRY_FAMILY: self.memory.options(EXPIRY_WRITE_BUFFER, 2)},
+            column_families={
+                EXPIRY_FAMILY: self.memory.options(EXPIRY_WRITE_BUFFER, 2),
+                META_FAMILY: self.memory.options(EXPIRY_WRITE_BUFFER, 2),
+            },
             access_type=rocksdict.AccessType.read_write(),
         )
 
@@ -176,7 +200,11 @@ class Store(rocksdb.Store):
         db = self._db_for_partition(partition)  # a standby's opens here, as on Faust's path
         family = self._expiry_family(db)
         batch = rocksdict.WriteBatch(raw_mode=True)
+        self._read_epochs(partition, db)
+        meta = db.get_column_family_handle(META_FAMILY)
         for record in records:
+            if not self._admit(batch, meta, partition, record.key, epoch_of(record.headers)):
+                continue
             value = record.value
             if value is None:
                 batch.delete(record.key)
@@ -186,9 +214,71 @@ class Store(rocksdb.Store):
             if exp is not None:
                 batch.put(expiry_entry(exp, record.key), b"", family)
         batch.put(self.offset_key, str(records[-1].offset).encode())
+        batch.put(EPOCH_META, str(self.highest_epoch(partition)).encode(), meta)
         db.write(batch)
         self._loaded[partition] = records[-1].offset
         return True
+
+    def _admit(self, batch: Any, meta: Any, partition: int, raw_key: bytes, epoch: int) -> bool:
+        """Whether a recovered record counts (epochs.py); a dropped one's key awaits repair,
+        a counted one's no longer does."""
+        if self._epochs.admit(partition, epoch):
+            repairs = self._repairs.get(partition)
+            if repairs:
+                key = self._decode_key(raw_key)
+                if key in repairs:
+                    repairs.discard(key)
+                    batch.delete(REPAIR_META + raw_key, meta)
+            return True
+        self._repairs.setdefault(partition, set()).add(self._decode_key(raw_key))
+        batch.put(REPAIR_META + raw_key, b"", meta)
+        return False
+
+    def _read_epochs(self, partition: int, db: Any) -> None:
+        if partition in self._epochs_read:
+            return
+        self._epochs_read.add(partition)
+        meta = db.get_column_family(META_FAMILY)
+        raw = meta.get(EPOCH_META)
+        if raw is not None:
+            self._epochs.seen(partition, int(raw))
+        it = meta.iter()
+        it.seek(REPAIR_META)
+        keys = self._repairs.setdefault(partition, set())
+        while it.valid() and it.key().startswith(REPAIR_META):
+            keys.add(self._decode_key(it.key()[len(REPAIR_META) :]))
+            it.next()
+        del it, meta
+
+    def _forget_epochs(self, partition: int) -> None:
+        self._epochs.reset(partition)
+        self._epochs_read.discard(partition)
+        self._repairs.pop(partition, None)
+        self._meta_due.pop(partition, None)
+
+    def highest_epoch(self, partition: int) -> int:
+        """The highest owner epoch read or written on ``partition`` (0: none, or not open)."""
+        db = self._dbs.get(partition)
+        if db is not None:
+            self._read_epochs(partition, db)
+        return self._epochs.highest.get(partition, 0)
+
+    def pending_repairs(self, partition: int) -> set[str]:
+        """Keys of dropped records (a deposed owner's) not written again since."""
+        db = self._dbs.get(partition)
+        if db is not None:
+            self._read_epochs(partition, db)
+        return set(self._repairs.get(partition, ()))
+
+    def written(self, partition: int, epoch: int, repaired: Collection[str]) -> None:
+        """The live owner's writes at ``epoch`` (and of the ``repaired`` keys) were acked; the
+        next :meth:`commit_batch` stores both with them."""
+        self._epochs.seen(partition, epoch)
+        keys = self._repairs.get(partition)
+        if keys:
+            keys.difference_update(repaired)
+        due = self._meta_due.get(partition)
+        self._meta_due[partition] = (epoch, [*(due[1] if due else ()), *repaired])
 
     def apply_changelog_batch(
         self, batch: Iterable[Any], to_key: Callable[[Any], Any], to_value: Callable[[Any], Any]
@@ -197,6 +287,20 @@ class Store(rocksdb.Store):
         # for two things: records load_changelog wrote are skipped, and the expiry entries of
         # the values are written first (an entry without its key is harmless).
         events = [e for e in batch if e.message.offset > self._loaded.get(e.message.partition, -1)]
+        # Owner epochs first (epochs.py): what is dropped is never written. The epoch and the
+        # dropped keys are stored after Faust's write: a crash in between reads the same
+        # records again and drops them again.
+        metas: dict[int, rocksdict.WriteBatch] = {}
+        admitted = []
+        for event in events:
+            msg = event.message
+            db = self._db_for_partition(msg.partition)
+            self._read_epochs(msg.partition, db)
+            wb = metas.setdefault(msg.partition, rocksdict.WriteBatch(raw_mode=True))
+            meta = db.get_column_family_handle(META_FAMILY)
+            if self._admit(wb, meta, msg.partition, msg.key, epoch_of(msg.headers)):
+                admitted.append(event)
+        events = admitted
         entries: dict[int, tuple[rocksdict.WriteBatch, Any]] = {}  # batch, family
         for event in events:
             msg = event.message
@@ -221,6 +325,11 @@ class Store(rocksdb.Store):
         for event in events:
             p = event.message.partition
             self._applied[p] = max(event.message.offset, self._applied.get(p, -1))
+        for partition, wb in metas.items():
+            db = self._db_for_partition(partition)
+            meta = db.get_column_family_handle(META_FAMILY)
+            wb.put(EPOCH_META, str(self.highest_epoch(partition)).encode(), meta)
+            db.write(wb)
 
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
         if self._recovering:
@@ -242,8 +351,9 @@ class Store(rocksdb.Store):
         Partitions not open here (revoked meanwhile) are skipped whole: their next owner
         recovers them from the changelog."""
         swept = swept or {}
-        for partition in set(writes) | set(self._acked) | set(swept):
+        for partition in set(writes) | set(self._acked) | set(swept) | set(self._meta_due):
             offset = self._acked.pop(partition, None)
+            meta_due = self._meta_due.pop(partition, None)
             db = self._dbs.get(partition)
             if db is None:
                 continue
@@ -263,6 +373,11 @@ class Store(rocksdb.Store):
                     batch.put(expiry_entry(exp, raw_key), b"", family)
             if offset is not None:
                 batch.put(self.offset_key, str(offset).encode())
+            if meta_due is not None:
+                meta = db.get_column_family_handle(META_FAMILY)
+                batch.put(EPOCH_META, str(self.highest_epoch(partition)).encode(), meta)
+                for key in meta_due[1]:
+                    batch.delete(REPAIR_META + self._encode_key(key), meta)
             db.write(batch)
 
     def get_in(self, partition: int, key: str) -> Any | None:

@@ -31,6 +31,19 @@ callback did, storing the acked changelog offset in the store (``set_persisted_o
 what lets a RocksDB restart replay only the tail), ``durable`` does once per partition per
 batch.
 
+Owner epochs (:mod:`rating.streaming.epochs`): every record is sent with its writer's epoch
+(``epoch``: the batch's consumer group generation, never below the highest the store has
+read or written on that partition). ``durable`` checks that the acked offsets of a
+partition's records follow on from its previous ones; records in a gap are someone else's
+and are read back (``read``); a partition the adapter asks to ``probe`` (at each clock tick)
+has its end offset compared with this worker's last record there (``ends``). One of a higher
+epoch fences the partition: this worker was deposed, so the round's writes there are dropped
+(never written to RocksDB, removed from the memory store) and ``durable`` returns the
+partition, whose outputs the adapter then withholds.
+Keys of a lower epoch's records, and the keys recovery dropped (``pending_repairs``), are
+written again with this worker's values (:meth:`TableStore.repair`), so that the last record
+of each is the live owner's whatever log compaction keeps.
+
 Sealing: some Kafka-protocol brokers (the embedded Tansu among them) report a partition's
 end offset as "base offset of the last record batch + 1". Faust's recovery reads the
 changelog only up to that end, so it would miss the tail of the last batch and, for a
@@ -43,19 +56,33 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
+import logging
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
+import aiokafka  # type: ignore[import-untyped]
 from faust.types import TP
 
 from rating.coalescing import CoalescingLog
 from rating.keys import KeyKind, tenant_of
 from rating.partitioning import partition_of
 from rating.streaming import rocks
+from rating.streaming.epochs import epoch_of, headers_of
 
 #: Keys of seal records; not ledger state (see the module docstring).
 SEAL_PREFIX = "~seal/"
+
+log = logging.getLogger(__name__)
 
 
 def key_partitioner(partitions: int) -> Callable[[str], int]:
@@ -78,9 +105,54 @@ class Acked(Protocol):
     def offset(self) -> int: ...
 
 
-#: Sends one changelog record (partition, key, value; None: a tombstone) to the Kafka client
-#: and returns once it is queued there, with the future of its ack.
-ChangelogSend = Callable[[int, str, Any], Awaitable[Awaitable[Acked]]]
+#: Sends one changelog record (partition, key, value (None: a tombstone), the writer's epoch)
+#: to the Kafka client and returns once it is queued there, with the future of its ack.
+ChangelogSend = Callable[[int, str, Any, int], Awaitable[Awaitable[Acked]]]
+
+
+class Foreign(NamedTuple):
+    """A changelog record in a gap between this worker's own: its offset, key and epoch."""
+
+    offset: int
+    key: str | None  # None: not a key this store could have written
+    epoch: int
+
+
+#: Reads the records of one changelog partition at the given offset ranges (inclusive).
+ChangelogRead = Callable[[int, Sequence[tuple[int, int]]], Awaitable[list[Foreign]]]
+#: The end offsets (the next offset to be written) of changelog partitions.
+ChangelogEnds = Callable[[Sequence[int]], Awaitable[Mapping[int, int]]]
+
+
+class EpochStore(Protocol):
+    """What TableStore asks of the table's store about owner epochs (memory.py, rocks.py)."""
+
+    def highest_epoch(self, partition: int) -> int: ...
+
+    def pending_repairs(self, partition: int) -> set[str]: ...
+
+    def written(self, partition: int, epoch: int, repaired: Collection[str]) -> None: ...
+
+
+def gaps(start: int, offsets: Sequence[int]) -> list[tuple[int, int]]:
+    """The offset ranges (inclusive) from ``start`` to the last of ``offsets`` (sorted) that
+    hold none of them."""
+    out: list[tuple[int, int]] = []
+    expected = start
+    for offset in offsets:
+        if offset > expected:
+            out.append((expected, offset - 1))
+        expected = max(expected, offset + 1)
+    return out
+
+
+def decode_key(raw: bytes | None) -> str | None:
+    """A changelog key's bytes -> the state key (:func:`encode_key`'s inverse), or None."""
+    try:
+        key = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return key if isinstance(key, str) else None
 
 
 def encode_key(key: str) -> bytes:
@@ -97,14 +169,63 @@ def raw_sender(table: Any) -> ChangelogSend:
     """Changelog records straight to the app's producer, encoded as Faust would."""
     name = table.changelog_topic.get_topic_name()  # once, not per record
 
-    async def send(partition: int, key: str, value: Any) -> Awaitable[Acked]:
+    headers = lru_cache(maxsize=8)(headers_of)  # one epoch per batch: built once
+
+    async def send(partition: int, key: str, value: Any, epoch: int) -> Awaitable[Acked]:
         raw_value = None if value is None else encode_value(value)
         ack: Awaitable[Acked] = await table.app.producer.send(
-            name, encode_key(key), raw_value, partition, None, None
+            name, encode_key(key), raw_value, partition, None, headers(epoch)
         )
         return ack
 
     return send
+
+
+def foreign_records(records: Iterable[Any]) -> list[Foreign]:
+    """Fetched changelog records (aiokafka's) as :class:`Foreign` records."""
+    return [Foreign(r.offset, decode_key(r.key), epoch_of(r.headers)) for r in records]
+
+
+def changelog_reader(table: Any, bootstrap: str, timeout: float = 30.0) -> ChangelogRead:
+    """Reads gaps of ``table``'s changelog with a consumer of its own (no group), started
+    for the read: gaps come only from a deposed owner's writes, so this is rare. Raises if
+    the records cannot be read within ``timeout`` seconds (the batch then fails and the
+    worker stops: it cannot tell whether it was deposed)."""
+    name = table.changelog_topic.get_topic_name()
+
+    async def read(partition: int, ranges: Sequence[tuple[int, int]]) -> list[Foreign]:
+        tp = aiokafka.TopicPartition(name, partition)
+        consumer = aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=bootstrap.split(","), enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            out: list[Foreign] = []
+            async with asyncio.timeout(timeout):
+                for first, last in ranges:
+                    consumer.seek(tp, first)
+                    while await consumer.position(tp) <= last:
+                        fetched = await consumer.getmany(tp, timeout_ms=500)
+                        records = [r for r in fetched.get(tp, []) if r.offset <= last]
+                        out += foreign_records(records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return read
+
+
+def changelog_ends(table: Any) -> ChangelogEnds:
+    """End offsets of ``table``'s changelog partitions, asked through the app's consumer
+    (Faust's ``Consumer.highwaters``: a ListOffsets request)."""
+    name = table.changelog_topic.get_topic_name()
+
+    async def ends(partitions: Sequence[int]) -> Mapping[int, int]:
+        found = await table.app.consumer.highwaters(*(TP(name, p) for p in partitions))
+        return {tp.partition: offset for tp, offset in found.items()}
+
+    return ends
 
 
 def changelog_loader(table: Any) -> Callable[[TP, Sequence[Any]], bool]:
@@ -128,12 +249,28 @@ class TableStore(MutableMapping[str, Any]):
         table: Any,
         partition_for: Callable[[str], int],
         send: ChangelogSend | None = None,
+        read: ChangelogRead | None = None,
+        ends: ChangelogEnds | None = None,
     ) -> None:
         self.table = table
         self.partition = 0  # the changelog partition of writes: the record being applied
         self.partition_for = partition_for
         self.seal = True
+        #: The consumer group generation of the batch being applied (set by the adapter).
+        self.epoch = 0
         self._send = send or raw_sender(table)
+        self._read = read  # None: gaps between this worker's records are not looked into
+        self._ends = ends
+        self._probes: set[int] = set()
+        # Owner epochs, by partition: (epoch, offset) of the last record acked in the last
+        # round; epochs of this round's sends; keys to write again; where this worker was
+        # found deposed (the generation it was in); keys sent this round.
+        self._last: dict[int, tuple[int, int]] = {}
+        self._round_epoch: dict[int, int] = {}
+        self._repairs: dict[int, set[str]] = {}
+        self._repairing: dict[int, set[str]] = {}
+        self._fenced: dict[int, int] = {}
+        self._round_keys: dict[int, set[str]] = {}
         self._log: CoalescingLog[tuple[int, Any]] = CoalescingLog()  # (partition, value)
         self._pending: list[Any] = []  # sent, not known to be acked
         self._touched: set[int] = set()
@@ -184,39 +321,174 @@ class TableStore(MutableMapping[str, Any]):
             self._overlay[key] = rocks.DELETED
         self._log.delete(key, (self.partition, None))
 
+    @property
+    def _epochs(self) -> EpochStore:
+        return cast(EpochStore, self.table.data)
+
+    def epoch_of(self, partition: int) -> int:
+        """The epoch this worker writes ``partition``'s records at (epochs.py)."""
+        return max(self.epoch, self._epochs.highest_epoch(partition))
+
+    def fenced(self, partition: int) -> bool:
+        """Whether this worker was found deposed on ``partition`` in the current generation:
+        it must not apply that partition's records until it is assigned it again."""
+        return self._fenced.get(partition) == self.epoch
+
+    def repair(self, partitions: Iterable[int]) -> int:
+        """Write again, with this worker's values (a tombstone where it has none), the keys
+        of a deposed owner's records found in ``partitions``' changelog; returns how many."""
+        count = 0
+        for partition in partitions:
+            if self.fenced(partition):
+                continue
+            keys = self._repairs.pop(partition, set()) | self._epochs.pending_repairs(partition)
+            keys -= self._repairing.get(partition, set())
+            if not keys:
+                continue
+            self.partition = partition
+            for key in sorted(keys):
+                value = self.get(key)
+                if value is None:
+                    self._log.delete(key, (partition, None))
+                else:
+                    self._log.put(key, (partition, value))
+            self._repairing.setdefault(partition, set()).update(keys)
+            count += len(keys)
+        return count
+
+    def probe(self, partition: int) -> None:
+        """Look for others' records after this worker's last one on ``partition`` at the
+        next ``durable``, also if nothing is written there (its end offset tells): so a
+        deposed owner's late records on an idle partition are found too (the adapter asks
+        at every clock tick)."""
+        self._probes.add(partition)
+
     async def flush(self) -> None:
         """Send every changelog record written so far (coalesced) to the Kafka client."""
         for key, (partition, value) in self._log.drain():
-            self._pending.append(await self._send(partition, key, value))
+            epoch = self._round_epoch.get(partition)
+            if epoch is None:
+                epoch = self._round_epoch[partition] = self.epoch_of(partition)
+            self._pending.append(await self._send(partition, key, value, epoch))
             self._touched.add(partition)
+            self._round_keys.setdefault(partition, set()).add(key)
 
-    async def durable(self) -> None:
-        """Wait until every changelog record written so far is acked by the broker."""
+    async def durable(self) -> set[int]:
+        """Wait until every changelog record written so far is acked by the broker.
+
+        Returns the partitions on which this worker was found deposed (a newer owner's
+        records among its own): their writes of this round are not kept, and the adapter
+        publishes none of their outputs."""
         await self.flush()
         pending, self._pending = self._pending, []
         touched, self._touched = self._touched, set()
         acked: list[Acked] = list(await asyncio.gather(*pending)) if pending else []
         if self.seal and touched:
             seals = [
-                await self._send(p, f"{SEAL_PREFIX}{p}", {"sealed": True}) for p in sorted(touched)
+                await self._send(p, f"{SEAL_PREFIX}{p}", {"sealed": True}, self._round_epoch[p])
+                for p in sorted(touched)
             ]
             acked += await asyncio.gather(*seals)
-        reached: dict[int, int] = {}
+        landed: dict[int, list[int]] = {}
         for ack in acked:
-            reached[ack.partition] = max(ack.offset, reached.get(ack.partition, -1))
+            landed.setdefault(ack.partition, []).append(ack.offset)
+        round_epoch, self._round_epoch = self._round_epoch, {}
+        round_keys, self._round_keys = self._round_keys, {}
+        repairing, self._repairing = self._repairing, {}
+        fenced = await self._check(landed, round_epoch)
+        fenced |= await self._probe_ends(set(landed))
         name = self.table.changelog_topic.get_topic_name()
-        for partition, offset in reached.items():
+        for partition, offsets in landed.items():
+            if partition in fenced:
+                continue
             # What Faust's own send callback does for each record (rocks.py keeps it with the
             # state it covers); the memory store ignores it.
-            self.table.data.set_persisted_offset(TP(name, partition), offset)
+            self.table.data.set_persisted_offset(TP(name, partition), max(offsets))
+            self._epochs.written(
+                partition, round_epoch.get(partition, 0), repairing.get(partition, ())
+            )
         db = self.rocks
-        if db is not None:
-            overlay, self._overlay = self._overlay, {}
-            writes: dict[int, dict[str, Any]] = {}
-            for key, value in overlay.items():
-                writes.setdefault(self.partition_for(key), {})[key] = value
-            swept, self._swept = self._swept, {}
-            db.commit_batch(writes, swept)
+        if db is None:
+            for partition in fenced:  # what a replay from the changelog will say instead
+                for key in round_keys.get(partition, ()):
+                    self.table.data.pop(key, None)
+            return fenced
+        overlay, self._overlay = self._overlay, {}
+        writes: dict[int, dict[str, Any]] = {}
+        for key, value in overlay.items():
+            partition = self.partition_for(key)
+            if partition not in fenced:
+                writes.setdefault(partition, {})[key] = value
+        swept, self._swept = self._swept, {}
+        db.commit_batch(writes, {p: s for p, s in swept.items() if p not in fenced})
+        return fenced
+
+    async def _check(self, landed: dict[int, list[int]], round_epoch: dict[int, int]) -> set[int]:
+        """Look into the gaps between this round's records and the last round's (same epoch),
+        partition by partition: returns the fenced partitions."""
+        fenced: set[int] = set()
+        for partition, offsets in landed.items():
+            offsets.sort()
+            epoch = round_epoch.get(partition, 0)
+            last = self._last.get(partition)
+            start = last[1] + 1 if last is not None and last[0] == epoch else offsets[0]
+            if await self._judge(partition, epoch, gaps(start, offsets)):
+                fenced.add(partition)
+            else:
+                self._last[partition] = (epoch, offsets[-1])
+        return fenced
+
+    async def _probe_ends(self, landed: set[int]) -> set[int]:
+        """The probed partitions not written this round: records after this worker's last
+        one (every record it sent is acked by now) are someone else's."""
+        probes, self._probes = self._probes - landed, set()
+        known = {p: self._last[p] for p in probes if p in self._last and not self.fenced(p)}
+        if not known or self._ends is None:
+            return set()
+        ends = await self._ends(sorted(known))
+        fenced: set[int] = set()
+        for partition, (epoch, last) in known.items():
+            end = ends.get(partition)
+            if end is None or end - 1 <= last or epoch != self.epoch_of(partition):
+                continue
+            if await self._judge(partition, epoch, [(last + 1, end - 1)]):
+                fenced.add(partition)
+            else:
+                self._last[partition] = (epoch, end - 1)
+        return fenced
+
+    async def _judge(self, partition: int, epoch: int, holes: list[tuple[int, int]]) -> bool:
+        """Read the records in ``holes`` (not this worker's): True if one has a higher epoch
+        (this worker was deposed: the partition is fenced); the keys of lower ones go to
+        repair."""
+        if not holes or self._read is None:
+            return False
+        foreign = await self._read(partition, holes)
+        newer = [f for f in foreign if f.epoch > epoch]
+        if newer:
+            log.warning(
+                "changelog partition %d: %d records of epoch %d among this worker's (epoch %d): "
+                "deposed; its batch there is dropped, outputs withheld",
+                partition,
+                len(newer),
+                max(f.epoch for f in newer),
+                epoch,
+            )
+            self._fenced[partition] = self.epoch
+            self._last.pop(partition, None)
+            return True
+        keys = {f.key for f in foreign if f.key and not f.key.startswith(SEAL_PREFIX)}
+        if keys:
+            log.warning(
+                "changelog partition %d: %d records of a deposed owner (epochs < %d) among "
+                "this worker's; writing %d keys again",
+                partition,
+                len(foreign),
+                epoch,
+                len(keys),
+            )
+            self._repairs.setdefault(partition, set()).update(keys)
+        return False
 
     def expiry_due(self, partition: int, cutoff: int, limit: int) -> list[tuple[int, str]]:
         """RocksDB: up to ``limit`` entries of the store's expiry index with ``exp < cutoff``

@@ -309,6 +309,7 @@ class Consumer(faust_aiokafka.Consumer):
     _holes_logged: set[tuple[TP, int]]
     _lookups: set[asyncio.Future[None]]
     _blocked: dict[TP, tuple[int, int]]  # partition -> (its start, commit rounds held there)
+    _fenced: dict[TP, int]  # partition -> the generation in which this worker was deposed
 
     #: Commit rounds a hole must persist before the partition is read again from its start.
     HOLE_ROUNDS = 3
@@ -319,6 +320,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._holes_logged = set()
         self._lookups = set()
         self._blocked = {}
+        self._fenced = {}
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -399,7 +401,15 @@ class Consumer(faust_aiokafka.Consumer):
                 self._start[tp] = max(committed, self._start.get(tp, committed))
         await super().on_partitions_revoked(revoked)
 
+    def fence(self, tp: TP) -> None:
+        """Never commit ``tp`` again in the current generation: this worker was found
+        deposed on it (streaming/epochs.py), and the records it acks there from now on were
+        not processed. A later generation (it rejoins) lifts the fence."""
+        self._fenced[tp] = self.app.consumer_generation_id
+
     def _new_offset(self, tp: TP) -> int | None:
+        if self._fenced.get(tp) == self.app.consumer_generation_id:
+            return None
         acked = self._acked.get(tp)
         if acked:
             known = [
