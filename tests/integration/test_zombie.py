@@ -1,10 +1,11 @@
 """Zombie workers: a worker frozen (SIGSTOP) past its session timeout loses its partitions
 to another worker, then wakes up (SIGCONT) still holding a batch it fetched before it froze.
 
-Runs on both brokers. Afterwards every CDR must have exactly one effective charge (all copies
-the same content, as the contract promises), every balance must equal funds minus the
-reference charges, both on the live workers and after a fresh pair of workers has recovered
-the state from the changelog (a zombie's late writes would show there as lost debits).
+Runs on both brokers and both stores. Afterwards every CDR must have exactly one effective
+charge (all copies the same content, as the contract promises), every balance must equal
+funds minus the reference charges, both on the live workers and after a fresh pair of workers
+has recovered the state from the changelog (a zombie's late writes would show there as lost
+debits, and without owner epochs did: streaming/epochs.py).
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rating.contracts import CDR, Charge
 from rating.domain.ratecard import load_rate_cards
 from rating.domain.rating import rate_cdr
+from rating.testing import ROCKSDB
 from tests.integration.harness import (
     SAMPLE_CARDS,
     Env,
@@ -121,12 +125,15 @@ class Platform(threading.Thread):
             self.error = exc
 
 
+# Both stores: the fence drops the deposed worker's batch from the memory store, and keeps it
+# out of RocksDB (whose recovery and data dir then carry the owner epochs).
+@pytest.mark.parametrize("store", [{}, ROCKSDB], ids=["memory", "rocksdb"])
 def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once(
-    pipeline_env: Env, workers: list[Worker], tmp_path: Path
+    pipeline_env: Env, workers: list[Worker], tmp_path: Path, store: dict[str, str]
 ) -> None:
     env = pipeline_env
     b = env.bootstrap
-    zombie, survivor = Worker(env, tmp_path, 0), Worker(env, tmp_path, 1)
+    zombie, survivor = Worker(env, tmp_path, 0, **store), Worker(env, tmp_path, 1, **store)
     workers.extend([zombie, survivor])
     zombie.start()
     survivor.start()
@@ -207,7 +214,7 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
     # State lost to a zombie's late changelog writes shows up once the state is recovered.
     zombie.stop()
     survivor.stop()
-    fresh = [Worker(env, tmp_path, 10), Worker(env, tmp_path, 11)]
+    fresh = [Worker(env, tmp_path, 10, **store), Worker(env, tmp_path, 11, **store)]
     workers.extend(fresh)
     for w in fresh:
         w.start()

@@ -10,7 +10,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
-import pytest
 from faust.stores import by_url
 from faust.types import TP
 
@@ -159,9 +158,6 @@ class FakeKafka:
         fut.set_result(SimpleNamespace(partition=partition, offset=offset))
         return fut
 
-    async def ends(self, partitions: Sequence[int]) -> dict[int, int]:
-        return {p: len(self.log.get(p, [])) for p in partitions}
-
     async def read(self, partition: int, ranges: Sequence[tuple[int, int]]) -> list[Foreign]:
         self.reads.append((partition, list(ranges)))
         records = self.log[partition]
@@ -173,7 +169,7 @@ class FakeKafka:
 def _table_store(kafka: FakeKafka) -> TableStore:
     app = faust.App("epochs-table-store", store="memory://", autodiscover=False)
     table = app.Table("accounts", partitions=4, key_type=str)
-    return TableStore(table, lambda key: 0, send=kafka.send, read=kafka.read, ends=kafka.ends)
+    return TableStore(table, lambda key: 0, send=kafka.send, read=kafka.read)
 
 
 def _round(store: TableStore, epoch: int, writes: dict[str, Any]) -> set[int]:
@@ -225,6 +221,23 @@ def test_a_newer_owners_records_among_this_workers_fence_the_partition() -> None
     assert not store.fenced(0)
 
 
+def test_a_batch_fenced_after_the_worker_rejoined_leaves_the_recovered_state_alone() -> None:
+    # It woke, rejoined (generation 7) and recovered the partition before this batch's acks
+    # came back: the table now holds the recovered state, which the fence must not touch.
+    kafka = FakeKafka()
+    generation = [5]
+    app = faust.App("epochs-rejoined", store="memory://", autodiscover=False)
+    table = app.Table("accounts", partitions=4, key_type=str)
+    store = TableStore(
+        table, lambda key: 0, send=kafka.send, read=kafka.read, generation=lambda: generation[0]
+    )
+    _round(store, 5, {"a/t": {"lo": 1}})
+    kafka.intrude(0, "a/t", 6)
+    generation[0] = 7
+    assert _round(store, 5, {"a/t": {"lo": 2}}) == {0}
+    assert "a/t" in table.data
+
+
 def test_a_deposed_owners_records_are_written_again_with_this_workers_values() -> None:
     kafka = FakeKafka()
     store = _table_store(kafka)
@@ -269,24 +282,104 @@ def test_repair_writes_the_keys_recovery_dropped_until_they_are_durable() -> Non
     assert data.pending_repairs(0) == set()
 
 
-@pytest.mark.parametrize("intruder_epoch", [4, 6])
-def test_a_probe_finds_others_records_after_this_workers_last_on_an_idle_partition(
-    intruder_epoch: int,
-) -> None:
-    kafka = FakeKafka()
+# --- the adapter: a deposed worker publishes nothing of the batch and never commits it ---
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send(self, topic: str, key: bytes | None, value: bytes, *_rest: Any) -> Any:
+        self.sent.append((topic, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.fenced: list[tuple[TP, int]] = []
+
+    def fence(self, tp: TP, generation: int) -> None:
+        self.fenced.append((tp, generation))
+
+
+def _ledger_pipeline(kafka: FakeKafka) -> Any:
+    from rating.ledger import Role
+    from rating.metrics import Metrics
+    from rating.settings import Settings
+    from rating.streaming.app import Pipeline
+    from rating.streaming.clock import ManualClock
+    from tests.unit.builders import T0, new_ledger
+
     store = _table_store(kafka)
-    _round(store, 5, {"a/t": {"lo": 1}})
+    topic = SimpleNamespace(get_topic_name=lambda: "app-ledger")
+    app = SimpleNamespace(
+        producer=_Producer(),
+        consumer=_Consumer(),
+        consumer_generation_id=5,
+        assignor=SimpleNamespace(assigned_actives=lambda: {TP("app-ledger", 0)}),
+    )
+    p = Pipeline(
+        settings=Settings(),
+        metrics=Metrics(),
+        app=app,  # type: ignore[arg-type]
+        rates=None,  # type: ignore[arg-type]
+        ledger=new_ledger(store),
+        store=store,
+        clock=ManualClock(T0),
+    )
+    p.topics["ledger"] = topic
+    p.sinks = {role: SimpleNamespace(get_topic_name=lambda r=role: r.value) for role in Role}
+    return p
 
-    async def tick() -> set[int]:  # what the adapter does for a clock tick: probe, no write
-        store.epoch = 5
-        store.probe(0)
-        return await store.durable()
 
-    assert asyncio.run(tick()) == set()
-    assert kafka.reads == []  # its own records are the last: nothing read
-    kafka.intrude(0, "a/t", intruder_epoch)
-    assert asyncio.run(tick()) == ({0} if intruder_epoch > 5 else set())
-    assert kafka.reads == [(0, [(2, 2)])]
-    assert len(kafka.log[0]) == 3  # a probe writes nothing
-    if intruder_epoch < 5:
-        assert store.repair([0]) == 1
+def _ledger_event(offset: int, kind: str, doc: dict[str, Any]) -> Any:
+    from tests.unit.builders import envelope
+
+    message = SimpleNamespace(
+        topic="app-ledger",
+        partition=0,
+        offset=offset,
+        key=doc["tenant_id"].encode(),
+        value=envelope(kind, doc, offset).encode(),  # type: ignore[arg-type]
+        timestamp=None,
+        generation_id=5,
+    )
+    return SimpleNamespace(message=message)
+
+
+def test_a_deposed_worker_withholds_the_batchs_charges_and_fences_its_commit() -> None:
+    from prometheus_client import generate_latest
+
+    from tests.integration.harness import metric_value
+    from tests.unit.builders import cdr_doc, funds_doc, settings_doc
+
+    kafka = FakeKafka()
+    p = _ledger_pipeline(kafka)
+
+    async def scenario() -> None:  # one event loop: acks of one batch are awaited by the next
+        first = [
+            _ledger_event(0, "settings", settings_doc()),
+            _ledger_event(1, "funds", funds_doc("f1", amount="10.00")),
+            _ledger_event(2, "cdr", cdr_doc("c1")),
+        ]
+        await p.ledger_batch(first)
+        charges = [s for s in p.app.producer.sent if s[0] == "charges"]
+        assert len(charges) == 1
+        assert p.app.consumer.fenced == []
+
+        kafka.intrude(0, "a/t1", 6)  # the partition's new owner wrote meanwhile
+        await p.ledger_batch([_ledger_event(3, "cdr", cdr_doc("c2"))])
+        assert [s for s in p.app.producer.sent if s[0] == "charges"] == charges  # withheld
+        assert p.app.consumer.fenced == [(TP("app-ledger", 0), 5)]
+        body = generate_latest(p.metrics.registry).decode()
+        assert metric_value(body, "rating_ledger_fenced_total", partition="0") == 1
+
+        # Later records of that partition in the same generation are not applied at all.
+        written = sum(len(r) for r in kafka.log.values())
+        await p.ledger_batch([_ledger_event(4, "cdr", cdr_doc("c3"))])
+        assert sum(len(r) for r in kafka.log.values()) == written
+        assert [s for s in p.app.producer.sent if s[0] == "charges"] == charges
+
+    asyncio.run(scenario())

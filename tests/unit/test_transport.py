@@ -227,8 +227,12 @@ def test_a_partition_this_worker_was_deposed_on_is_never_committed_in_that_gener
         _ack(consumer, range(10, 15))
         assert consumer._new_offset(TP_A) == 15
         consumer._committed_offset[TP_A] = 15  # committed
-        consumer.fence(TP_A)
-        _ack(consumer, range(15, 20))
+        consumer.fence(TP_A, 3)  # found by a batch of an earlier generation: no fence now
+        _ack(consumer, range(15, 17))
+        assert consumer._new_offset(TP_A) == 17
+        consumer._committed_offset[TP_A] = 17
+        consumer.fence(TP_A, 4)
+        _ack(consumer, range(17, 20))
         assert consumer._new_offset(TP_A) is None
         app.consumer_generation_id = 5
         assert consumer._new_offset(TP_A) == 20

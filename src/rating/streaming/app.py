@@ -43,7 +43,6 @@ from rating.streaming.sensors import LeanMonitor
 from rating.streaming.store import (
     RocksExpiry,
     TableStore,
-    changelog_ends,
     changelog_loader,
     changelog_reader,
     key_partitioner,
@@ -241,8 +240,6 @@ class Pipeline:
                 continue
             result, started = self.apply(event.message)
             applied.append((event, result, started))
-            if result.outcome is Outcome.TICK:  # others' records looked for at every tick
-                store.probe(event.message.partition)
         flush_started = self.clock.monotonic()
         fenced = await store.durable()
         m.ledger_flush_seconds.observe(self.clock.monotonic() - flush_started)
@@ -250,7 +247,8 @@ class Pipeline:
         ledger_topic = self.topics["ledger"].get_topic_name()
         for partition in fenced:
             m.ledger_fenced.labels(str(partition)).inc()
-            cast(transport.Consumer, self.app.consumer).fence(TP(ledger_topic, partition))
+            consumer = cast(transport.Consumer, self.app.consumer)
+            consumer.fence(TP(ledger_topic, partition), store.epoch)
             self.forget(partition)
         kept = [a for a in applied if a[0].message.partition not in fenced]
         upto = {event.message.partition: event.message.offset for event, _, _ in kept}
@@ -433,7 +431,7 @@ def create_app(
         table,
         key_partitioner(settings.partitions),
         read=changelog_reader(table, settings.kafka_bootstrap),
-        ends=changelog_ends(table),
+        generation=lambda: int(app.consumer_generation_id),
     )
     store.seal = settings.changelog_seal
     hold = HoldPolicy(

@@ -35,12 +35,10 @@ Owner epochs (:mod:`rating.streaming.epochs`): every record is sent with its wri
 (``epoch``: the batch's consumer group generation, never below the highest the store has
 read or written on that partition). ``durable`` checks that the acked offsets of a
 partition's records follow on from its previous ones; records in a gap are someone else's
-and are read back (``read``); a partition the adapter asks to ``probe`` (at each clock tick)
-has its end offset compared with this worker's last record there (``ends``). One of a higher
-epoch fences the partition: this worker was deposed, so the round's writes there are dropped
-(never written to RocksDB, removed from the memory store) and ``durable`` returns the
-partition, whose outputs the adapter then withholds.
-Keys of a lower epoch's records, and the keys recovery dropped (``pending_repairs``), are
+and are read back (``read``). One of a higher epoch fences the partition: this worker was
+deposed, so the round's writes there are dropped (never written to RocksDB, removed from the
+memory store) and ``durable`` returns the partition, whose outputs the adapter then
+withholds. Keys of a lower epoch's records, and the keys recovery dropped (``pending_repairs``), are
 written again with this worker's values (:meth:`TableStore.repair`), so that the last record
 of each is the live owner's whatever log compaction keeps.
 
@@ -63,7 +61,6 @@ from collections.abc import (
     Collection,
     Iterable,
     Iterator,
-    Mapping,
     MutableMapping,
     Sequence,
 )
@@ -120,8 +117,6 @@ class Foreign(NamedTuple):
 
 #: Reads the records of one changelog partition at the given offset ranges (inclusive).
 ChangelogRead = Callable[[int, Sequence[tuple[int, int]]], Awaitable[list[Foreign]]]
-#: The end offsets (the next offset to be written) of changelog partitions.
-ChangelogEnds = Callable[[Sequence[int]], Awaitable[Mapping[int, int]]]
 
 
 class EpochStore(Protocol):
@@ -216,18 +211,6 @@ def changelog_reader(table: Any, bootstrap: str, timeout: float = 30.0) -> Chang
     return read
 
 
-def changelog_ends(table: Any) -> ChangelogEnds:
-    """End offsets of ``table``'s changelog partitions, asked through the app's consumer
-    (Faust's ``Consumer.highwaters``: a ListOffsets request)."""
-    name = table.changelog_topic.get_topic_name()
-
-    async def ends(partitions: Sequence[int]) -> Mapping[int, int]:
-        found = await table.app.consumer.highwaters(*(TP(name, p) for p in partitions))
-        return {tp.partition: offset for tp, offset in found.items()}
-
-    return ends
-
-
 def changelog_loader(table: Any) -> Callable[[TP, Sequence[Any]], bool]:
     """Bulk recovery (rocks.py ``load_changelog``) of ``table``'s changelog, for the
     transport's consumer thread; records of other topics, or on the memory store, are left
@@ -250,7 +233,7 @@ class TableStore(MutableMapping[str, Any]):
         partition_for: Callable[[str], int],
         send: ChangelogSend | None = None,
         read: ChangelogRead | None = None,
-        ends: ChangelogEnds | None = None,
+        generation: Callable[[], int] | None = None,
     ) -> None:
         self.table = table
         self.partition = 0  # the changelog partition of writes: the record being applied
@@ -260,8 +243,8 @@ class TableStore(MutableMapping[str, Any]):
         self.epoch = 0
         self._send = send or raw_sender(table)
         self._read = read  # None: gaps between this worker's records are not looked into
-        self._ends = ends
-        self._probes: set[int] = set()
+        # The worker's current consumer group generation (None: always the batch's).
+        self._generation = generation
         # Owner epochs, by partition: (epoch, offset) of the last record acked in the last
         # round; epochs of this round's sends; keys to write again; where this worker was
         # found deposed (the generation it was in); keys sent this round.
@@ -356,13 +339,6 @@ class TableStore(MutableMapping[str, Any]):
             count += len(keys)
         return count
 
-    def probe(self, partition: int) -> None:
-        """Look for others' records after this worker's last one on ``partition`` at the
-        next ``durable``, also if nothing is written there (its end offset tells): so a
-        deposed owner's late records on an idle partition are found too (the adapter asks
-        at every clock tick)."""
-        self._probes.add(partition)
-
     async def flush(self) -> None:
         """Send every changelog record written so far (coalesced) to the Kafka client."""
         for key, (partition, value) in self._log.drain():
@@ -396,7 +372,6 @@ class TableStore(MutableMapping[str, Any]):
         round_keys, self._round_keys = self._round_keys, {}
         repairing, self._repairing = self._repairing, {}
         fenced = await self._check(landed, round_epoch)
-        fenced |= await self._probe_ends(set(landed))
         name = self.table.changelog_topic.get_topic_name()
         for partition, offsets in landed.items():
             if partition in fenced:
@@ -409,7 +384,11 @@ class TableStore(MutableMapping[str, Any]):
             )
         db = self.rocks
         if db is None:
-            for partition in fenced:  # what a replay from the changelog will say instead
+            # What a replay from the changelog will say instead. Not if the worker joined a
+            # later generation while this batch waited (it woke, rejoined): its partitions
+            # were then recovered afresh, after this batch's writes, which must stay.
+            current = self.epoch if self._generation is None else self._generation()
+            for partition in fenced if current == self.epoch else ():
                 for key in round_keys.get(partition, ()):
                     self.table.data.pop(key, None)
             return fenced
@@ -436,25 +415,6 @@ class TableStore(MutableMapping[str, Any]):
                 fenced.add(partition)
             else:
                 self._last[partition] = (epoch, offsets[-1])
-        return fenced
-
-    async def _probe_ends(self, landed: set[int]) -> set[int]:
-        """The probed partitions not written this round: records after this worker's last
-        one (every record it sent is acked by now) are someone else's."""
-        probes, self._probes = self._probes - landed, set()
-        known = {p: self._last[p] for p in probes if p in self._last and not self.fenced(p)}
-        if not known or self._ends is None:
-            return set()
-        ends = await self._ends(sorted(known))
-        fenced: set[int] = set()
-        for partition, (epoch, last) in known.items():
-            end = ends.get(partition)
-            if end is None or end - 1 <= last or epoch != self.epoch_of(partition):
-                continue
-            if await self._judge(partition, epoch, [(last + 1, end - 1)]):
-                fenced.add(partition)
-            else:
-                self._last[partition] = (epoch, end - 1)
         return fenced
 
     async def _judge(self, partition: int, epoch: int, holes: list[tuple[int, int]]) -> bool:

@@ -401,11 +401,12 @@ class Consumer(faust_aiokafka.Consumer):
                 self._start[tp] = max(committed, self._start.get(tp, committed))
         await super().on_partitions_revoked(revoked)
 
-    def fence(self, tp: TP) -> None:
-        """Never commit ``tp`` again in the current generation: this worker was found
-        deposed on it (streaming/epochs.py), and the records it acks there from now on were
-        not processed. A later generation (it rejoins) lifts the fence."""
-        self._fenced[tp] = self.app.consumer_generation_id
+    def fence(self, tp: TP, generation: int) -> None:
+        """Never commit ``tp`` in ``generation`` (that of the batch that found it): this
+        worker was found deposed on it (streaming/epochs.py), and the records it acks there
+        were not processed. Nothing changes if the worker has joined a later generation
+        meanwhile (it rejoined and was given the partition again, recovered afresh)."""
+        self._fenced[tp] = generation
 
     def _new_offset(self, tp: TP) -> int | None:
         if self._fenced.get(tp) == self.app.consumer_generation_id:
