@@ -227,7 +227,7 @@ def test_a_partition_this_worker_was_deposed_on_is_never_committed_in_that_gener
         _ack(consumer, range(10, 15))
         assert consumer._new_offset(TP_A) == 15
         consumer._committed_offset[TP_A] = 15  # committed
-        consumer.fence(TP_A, 3)  # found by a batch of an earlier generation: no fence now
+        consumer.fence(TP_A, 3)  # another generation's fence: none in this one
         _ack(consumer, range(15, 17))
         assert consumer._new_offset(TP_A) == 17
         consumer._committed_offset[TP_A] = 17

@@ -248,7 +248,8 @@ class Pipeline:
         for partition in fenced:
             m.ledger_fenced.labels(str(partition)).inc()
             consumer = cast(transport.Consumer, self.app.consumer)
-            consumer.fence(TP(ledger_topic, partition), store.epoch)
+            for generation in {store.epoch, int(self.app.consumer_generation_id)}:
+                consumer.fence(TP(ledger_topic, partition), generation)
             self.forget(partition)
         kept = [a for a in applied if a[0].message.partition not in fenced]
         upto = {event.message.partition: event.message.offset for event, _, _ in kept}
