@@ -102,5 +102,14 @@ def tenant_of(key: str) -> str:
     return split_key(key)[1]
 
 
+#: Seal records on the accounts changelog (streaming/store.py): markers, no state; ``~`` is
+#: no kind letter, so they never collide with a state key and name no tenant.
+SEAL_PREFIX: Final = "~seal/"
+
+
+def is_seal(key: str) -> bool:
+    return key.startswith(SEAL_PREFIX)
+
+
 def is_kind(key: str, kind: KeyKind) -> bool:
     return key.startswith(kind.value + "/")

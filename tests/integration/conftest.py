@@ -12,12 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rating.broker import EmbeddedBroker
 from rating.kafka_local import LocalKafka
-from tests.integration.harness import Env, Worker, broker_under_test
+from tests.integration.harness import Env, Worker, broker_under_test, http_get
 
 
 @pytest.fixture(scope="session")
@@ -49,12 +50,49 @@ def pipeline_env(bootstrap: str) -> Env:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[list[Worker]]:
-    """Tests append the workers they start; all are stopped by PID afterwards."""
+def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[list[Worker]]:
+    """Tests append the workers they start; all are stopped by PID afterwards. When the test
+    failed, the end of each worker's log goes into the report (CI keeps nothing else)."""
     started: list[Worker] = []
     yield started
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:  # before the stop floods the log
+        for w in started:
+            report.sections.append((f"worker log {w.log_path.name}", _log_digest(w)))
     for w in started:
         w.stop()
+
+
+def _log_digest(worker: Worker) -> str:
+    """A failed test's view of a worker: its last warnings and errors, then its last lines."""
+    lines = worker.tail(100_000).splitlines()
+    levels = ("] [WARNING] ", "] [ERROR] ", "] [CRITICAL] ")
+    loud = [line[:400] for line in lines if any(level in line for level in levels)]
+    status, body = http_get(f"{worker.url}/metrics")
+    gauges = (
+        "rating_partitions_owned",
+        "rating_consumer_lag_messages",
+        "rating_ledger_batch_size_count",
+    )
+    shown = [m for m in body.splitlines() if m.startswith(gauges)] if status == 200 else []
+    return "\n".join(
+        [
+            "warnings and errors (last 20):",
+            *loud[-20:],
+            "metrics:",
+            *shown,
+            "last lines:",
+            *lines[-15:],
+        ]
+    )
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    # The call phase's report, for fixtures' teardown to look at (pytest's documented recipe).
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -167,7 +167,10 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
             90,
             "the survivor to own every ledger partition",
         )
+        # Fresh CDRs for each "is it charging" check: on a slow machine the trickle may have
+        # reached MAX_CDRS and been charged by now.
         before = len(_charges(env))
+        platform.publish(300)
         wait_until(lambda: len(_charges(env)) >= before + 200, 90, "the survivor charging")
         os.killpg(zombie.proc.pid, signal.SIGCONT)
         frozen = False
@@ -178,6 +181,7 @@ def test_frozen_worker_resumed_after_losing_its_partitions_charges_each_cdr_once
             "the woken worker to rejoin and get partitions back",
         )
         after = len(_charges(env))
+        platform.publish(300)
         wait_until(lambda: len(_charges(env)) >= after + 200, 90, "charging after the wake-up")
     finally:
         if frozen:

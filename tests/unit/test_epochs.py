@@ -13,10 +13,10 @@ import faust
 from faust.stores import by_url
 from faust.types import TP
 
+from rating.keys import SEAL_PREFIX
 from rating.streaming import memory
 from rating.streaming.epochs import HEADER, EpochFilter, epoch_of, headers_of
 from rating.streaming.store import (
-    SEAL_PREFIX,
     Foreign,
     TableStore,
     decode_key,
@@ -110,6 +110,7 @@ def test_memory_recovery_drops_a_deposed_owners_late_records_and_remembers_their
         _event(2, 3, "c/t1/x", {"lo": 31}, 5),
         _event(2, 4, "a/t1", {"lo": 20, "stale": True}, 4),  # the deposed owner, woken
         _event(2, 5, "o/t1/25", {"out": []}, 4),
+        _event(2, 6, f"{SEAL_PREFIX}2", {"sealed": True}, 4),  # no state: nothing to repair
     ]
     store.apply_changelog_batch(batch, lambda k: k, lambda v: v)
     assert store["a/t1"] == {"lo": 30}
@@ -117,7 +118,7 @@ def test_memory_recovery_drops_a_deposed_owners_late_records_and_remembers_their
     assert store.highest_epoch(2) == 5
     assert store.pending_repairs(2) == {"a/t1", "o/t1/25"}
     # A later admitted record of a key (the live owner wrote it again): no repair needed.
-    store.apply_changelog_batch([_event(2, 6, "a/t1", {"lo": 40}, 5)], lambda k: k, lambda v: v)
+    store.apply_changelog_batch([_event(2, 7, "a/t1", {"lo": 40}, 5)], lambda k: k, lambda v: v)
     assert store.pending_repairs(2) == {"o/t1/25"}
     store.written(2, 6, ["o/t1/25"])
     assert store.pending_repairs(2) == set()

@@ -377,3 +377,45 @@ def test_faust_recovery_path_drops_a_deposed_owners_records_too(table: Any) -> N
     assert store.expired_in(2, 901, 0, 10) == []  # no expiry entry for a dropped record
     assert store.pending_repairs(2) == {"a/t", "c/t/1"}
     assert store.highest_epoch(2) == 8
+
+
+def test_a_deposed_owners_seal_record_is_dropped_without_a_repair(table: Any) -> None:
+    # A seal names no tenant and holds no state: recovery drops a stale one like any record,
+    # but nothing is owed for it (writing it "again" once crashed the ledger agent: its key
+    # has no tenant to find a partition by).
+    store = table.data
+    partition_for = key_partitioner(PARTITIONS)
+    p = partition_for("a/t")
+    seal = f"~seal/{p}".encode()
+    fetched = [
+        Rec(10, b'"a/t"', b'{"lo":11}', epoch=5),
+        Rec(11, b'"a/t"', b'{"lo":10}', epoch=4),  # the deposed owner, woken
+        Rec(12, b'"' + seal + b'"', b'{"sealed":true}', epoch=4),
+    ]
+    assert store.load_changelog(p, fetched)
+    assert store.pending_repairs(p) == {"a/t"}
+    store.apply_changelog_batch(
+        [Ev(p, Rec(13, b'"' + seal + b'"', b'{"sealed":true}', epoch=4))],
+        lambda k: k,
+        lambda v: v,
+    )
+    assert store.pending_repairs(p) == {"a/t"}
+
+    sent: list[tuple[int, str, Any]] = []
+
+    async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
+        sent.append((partition, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(partition=partition, offset=20 + len(sent)))
+        return fut
+
+    async def repair() -> None:
+        ts = TableStore(table, partition_for, send)
+        ts.seal = False
+        ts.epoch = 6
+        assert ts.repair([p]) == 1
+        await ts.durable()
+
+    asyncio.run(repair())
+    assert sent == [(p, "a/t", {"lo": 11})]
+    assert store.pending_repairs(p) == set()

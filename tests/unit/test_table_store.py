@@ -9,7 +9,8 @@ from typing import Any
 import faust
 import pytest
 
-from rating.streaming.store import SEAL_PREFIX, TableStore, encode_key, encode_value
+from rating.keys import SEAL_PREFIX
+from rating.streaming.store import TableStore, encode_key, encode_value
 
 KEYS = ["a/t1", "c/t1/cdr-1", "c/\u00e6\u00f8%2F/x", 'u/"q"/2026-12-01/p', "h/t\\1/9", "o/\x01/3"]
 VALUES: list[Any] = [

@@ -15,6 +15,7 @@ from typing import Any
 from faust.stores import memory
 from faust.types import TP
 
+from rating.keys import is_seal
 from rating.streaming.epochs import EpochFilter, epoch_of
 
 
@@ -45,8 +46,8 @@ class Store(memory.Store[str, Any]):
                 admitted.append(event)
                 if repairs:
                     repairs.discard(to_key(event.key))
-            else:
-                repairs.add(to_key(event.key))
+            elif not is_seal(key := to_key(event.key)):  # a seal holds no state
+                repairs.add(key)
         super().apply_changelog_batch(admitted, to_key, to_value)
 
     def highest_epoch(self, partition: int) -> int:

@@ -58,6 +58,7 @@ import rocksdict
 from faust.stores import rocksdb
 from faust.types import TP
 
+from rating.keys import is_seal
 from rating.streaming.epochs import EpochFilter, epoch_of
 
 #: A deletion in :meth:`Store.commit_batch`'s writes.
@@ -230,8 +231,10 @@ class Store(rocksdb.Store):
                     repairs.discard(key)
                     batch.delete(REPAIR_META + raw_key, meta)
             return True
-        self._repairs.setdefault(partition, set()).add(self._decode_key(raw_key))
-        batch.put(REPAIR_META + raw_key, b"", meta)
+        key = self._decode_key(raw_key)
+        if not is_seal(key):  # a seal holds no state: nothing to write again
+            self._repairs.setdefault(partition, set()).add(key)
+            batch.put(REPAIR_META + raw_key, b"", meta)
         return False
 
     def _read_epochs(self, partition: int, db: Any) -> None:

@@ -71,13 +71,12 @@ import aiokafka  # type: ignore[import-untyped]
 from faust.types import TP
 
 from rating.coalescing import CoalescingLog
-from rating.keys import KeyKind, tenant_of
+from rating.keys import SEAL_PREFIX, KeyKind, is_seal, tenant_of
 from rating.partitioning import partition_of
 from rating.streaming import rocks
 from rating.streaming.epochs import epoch_of, headers_of
 
 #: Keys of seal records; not ledger state (see the module docstring).
-SEAL_PREFIX = "~seal/"
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +278,17 @@ class TableStore(MutableMapping[str, Any]):
             raise KeyError(key)
         return value
 
+    def _get_in(self, partition: int, key: str) -> Any:
+        """The value of ``key`` in ``partition`` (None: none), for keys that may name no
+        tenant."""
+        db = self.rocks
+        if db is None:
+            return self.table.data.get(key)
+        value = self._overlay.get(key)
+        if value is None:
+            value = db.get_in(partition, key)
+        return None if value is rocks.DELETED else value
+
     def get(self, key: str, default: Any = None) -> Any:
         try:
             return self[key]
@@ -326,11 +336,12 @@ class TableStore(MutableMapping[str, Any]):
                 continue
             keys = self._repairs.pop(partition, set()) | self._epochs.pending_repairs(partition)
             keys -= self._repairing.get(partition, set())
+            keys = {k for k in keys if not is_seal(k)}  # a seal holds no state to restore
             if not keys:
                 continue
             self.partition = partition
             for key in sorted(keys):
-                value = self.get(key)
+                value = self._get_in(partition, key)
                 if value is None:
                     self._log.delete(key, (partition, None))
                 else:
@@ -437,7 +448,7 @@ class TableStore(MutableMapping[str, Any]):
             self._fenced[partition] = self.epoch
             self._last.pop(partition, None)
             return True
-        keys = {f.key for f in foreign if f.key and not f.key.startswith(SEAL_PREFIX)}
+        keys = {f.key for f in foreign if f.key and not is_seal(f.key)}
         if keys:
             log.warning(
                 "changelog partition %d: %d records of a deposed owner (epochs < %d) among "
@@ -479,7 +490,7 @@ class TableStore(MutableMapping[str, Any]):
 
         def wanted(key: str) -> bool:
             if prefixes is None:
-                return not key.startswith(SEAL_PREFIX)
+                return not is_seal(key)
             return key.startswith(prefixes)
 
         db = self.rocks
