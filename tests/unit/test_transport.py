@@ -21,6 +21,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from faust.transport import by_url
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from mode import Service
 
 from rating.settings import Settings
@@ -191,6 +192,10 @@ def test_faust_offset_bookkeeping_has_the_shape_the_guard_reads() -> None:
     assert params(base._new_offset) == ["self", "tp"]
     assert params(base.seek_to_committed) == ["self"]
     assert params(base.on_partitions_revoked) == ["self", "revoked"]
+    # A message's last ack reaches the consumer's ack, which the override extends.
+    assert params(base.ack) == ["self", "message"]
+    assert "consumer.ack(self)" in inspect.getsource(ConsumerMessage.on_final_ack)
+    assert "generation_id" in inspect.signature(ConsumerMessage).parameters
     # Faust forgets the committed offsets on revocation: why the guard keeps its own start.
     assert "self._committed_offset.pop(tp, None)" in inspect.getsource(base.on_partitions_revoked)
     # ...and skips its head-of-queue check when it does not know one.
@@ -374,3 +379,37 @@ def test_changelog_records_the_loader_wrote_reach_faust_as_their_last_one() -> N
     assert transport.ConsumerThread._load_changelogs(none, {changelog: [1, 2]}) == {  # type: ignore[arg-type]
         changelog: [1, 2]
     }
+
+
+def _message(offset: int, generation: int) -> ConsumerMessage:
+    return ConsumerMessage(
+        TP_A.topic, TP_A.partition, offset, 0.0, 0, None, None, b"", None,
+        tp=TP_A, generation_id=generation,
+    )  # fmt: skip
+
+
+def test_acks_of_a_batch_fetched_in_an_older_generation_are_not_recorded() -> None:
+    # A worker frozen past its session timeout rejoins (generation 5), seeks to the committed
+    # offset, and only then finishes the batch it fetched in generation 4. Recording those acks
+    # would commit past records it reads again but has not processed yet.
+    async def scenario() -> None:
+        consumer = _consumer()
+        app = consumer.app
+        app.topics.acking_topics.add(TP_A.topic)  # a topic agents ack
+        app.consumer_generation_id = 5
+        consumer._committed_offset[TP_A] = 10
+        stale = [_message(offset, 4) for offset in range(10, 20)]
+        current = [_message(offset, 5) for offset in range(10, 12)]
+        for message in stale + current:
+            consumer.track_message(message)
+        for message in stale:
+            assert not message.ack(consumer)
+        assert all(m.acked for m in stale)
+        unacked = {id(m) for m in consumer._unacked_messages}
+        assert unacked == {id(m) for m in current}  # nothing stale left to wait for
+        assert consumer._new_offset(TP_A) is None  # the stale acks moved nothing
+        for message in current:
+            assert message.ack(consumer)
+        assert consumer._new_offset(TP_A) == 12
+
+    asyncio.run(scenario())

@@ -248,8 +248,7 @@ class Pipeline:
         for partition in fenced:
             m.ledger_fenced.labels(str(partition)).inc()
             consumer = cast(transport.Consumer, self.app.consumer)
-            for generation in {store.epoch, int(self.app.consumer_generation_id)}:
-                consumer.fence(TP(ledger_topic, partition), generation)
+            consumer.fence(TP(ledger_topic, partition), store.epoch)
             self.forget(partition)
         kept = [a for a in applied if a[0].message.partition not in fenced]
         upto = {event.message.partition: event.message.offset for event, _, _ in kept}
