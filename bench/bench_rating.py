@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from rating.contracts import CDR, Charge, Product, Rate, RateCard, TenantSettings
+from rating.contracts import CDR, Charge, Product, Rate, RateCard, TenantSettings, encode_charge
 from rating.domain.account import (
     Account,
     RechargePolicy,
@@ -28,7 +28,7 @@ from rating.domain.account import (
     open_or_update,
 )
 from rating.domain.ratecard import RateBook, load_rate_cards
-from rating.domain.rating import rate_cdr, rated_number
+from rating.domain.rating import Priced, price_cdr, rate_cdr, rated_number
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "ratecards" / "sample.json"
@@ -171,8 +171,9 @@ def stages(
                 result.model_dump_json(exclude={"balance_after"})
 
     def pure_core() -> None:
-        # What the ledger does per CDR, state kept as objects (no store, no markers):
-        # validate once, rate, debit the account, encode the Charge with the new balance.
+        # What the ledger does per CDR (Ledger._cdr), state kept as objects (no store, no
+        # markers): validate once, price, debit the account, build and encode the Charge
+        # with the new balance.
         parse = CDR.model_validate_json
         policy = RechargePolicy()
         accounts: dict[str, Account] = {}
@@ -185,13 +186,11 @@ def stages(
                 opened = open_or_update(None, settings, RATED_AT, policy)
                 assert not isinstance(opened, Refusal), opened
                 account = opened[0]
-            result = rate_cdr(
-                cdr, book, plan=account.plan, currency=account.currency, rated_at=RATED_AT
-            )
-            if isinstance(result, Charge):
-                account, _ = apply_charge(account, result.amount, RATED_AT, policy)
-                charge = result.model_copy(update={"balance_after": account.balance})
-                charge.model_dump_json(exclude_none=True).encode()
+            priced = price_cdr(cdr, book, plan=account.plan, currency=account.currency)
+            if isinstance(priced, Priced):
+                account, _ = apply_charge(account, priced.amount, RATED_AT, policy)
+                charge = priced.charge(rated_at=RATED_AT, balance_after=account.balance)
+                encode_charge(charge)
             accounts[cdr.tenant_id] = account
 
     def lookup_only() -> None:

@@ -12,6 +12,7 @@ add optional fields without breaking us.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -79,8 +80,10 @@ def _parse_utc(value: Any) -> datetime:
     if not isinstance(value, str) or not _RFC3339_RE.match(value):
         raise ValueError(f'time must be RFC 3339 UTC such as "2026-11-22T10:00:00Z", got {value!r}')
     if len(value) == 20 and value[19] == "Z":  # "YYYY-MM-DDTHH:MM:SSZ", the usual form
+        # fromisoformat reads the "Z" itself (3.11+) as the UTC singleton: several times
+        # faster than parsing without it and replacing tzinfo.
         try:
-            return datetime.fromisoformat(value[:19]).replace(tzinfo=UTC)
+            return datetime.fromisoformat(value)
         except ValueError as exc:
             raise ValueError(f"not a valid time: {value!r}") from exc
     text = value.upper().replace("Z", "+00:00")
@@ -99,8 +102,9 @@ def format_time(value: datetime) -> str:
     """RFC 3339 UTC with a ``Z``; microseconds only when present (trailing zeros dropped)."""
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
-    # isoformat is C code (strftime was the cost): "YYYY-MM-DDTHH:MM:SS[.ffffff]" when naive.
-    text = value.replace(tzinfo=None).isoformat()
+    # isoformat is C code (strftime was the cost): "YYYY-MM-DDTHH:MM:SS[.ffffff]+00:00" in
+    # UTC; cutting the offset off is cheaper than a naive copy (replace) to format.
+    text = value.isoformat()[:-6]
     if value.microsecond:
         text = text.rstrip("0")  # a non-zero digit follows the "." so the seconds stay
     return text + "Z"
@@ -250,6 +254,28 @@ class Charge(_Emitted):
     currency: Currency
     balance_after: Money | None = None
     rated_at: UtcTime
+
+
+# "..." with JSON's escapes and non-ASCII kept as is, as pydantic writes strings (C code).
+_quote = json.encoder.encode_basestring
+
+
+def encode_charge(c: Charge) -> bytes:
+    """``c.model_dump_json(exclude_none=True).encode()``, byte for byte, in about half the
+    time: one Charge per CDR is the ledger's hot path, and pydantic's serializer calls back
+    into Python for every time and money field anyway. A unit test holds the two equal."""
+    balance = (
+        "" if c.balance_after is None else f',"balance_after":"{format_money(c.balance_after)}"'
+    )
+    return (
+        f'{{"cdr_id":{_quote(c.cdr_id)},"tenant_id":{_quote(c.tenant_id)},'
+        f'"product":"{c.product.value}","call_start":"{format_time(c.call_start)}",'
+        f'"duration_seconds":{c.duration_seconds},"billable_seconds":{c.billable_seconds},'
+        f'"rated_number":"{c.rated_number}","prefix":"{c.prefix}","zone":{_quote(c.zone)},'
+        f'"rate_card_id":{_quote(c.rate_card_id)},"per_minute":"{format_money(c.per_minute)}",'
+        f'"amount":"{format_money(c.amount)}","currency":"{c.currency}"{balance},'
+        f'"rated_at":"{format_time(c.rated_at)}"}}'
+    ).encode()
 
 
 class RechargeCommand(_Emitted):

@@ -131,6 +131,7 @@ from rating.contracts import (
     Rejection,
     RejectReason,
     TenantSettings,
+    encode_charge,
     format_money,
 )
 from rating.domain.account import (
@@ -145,7 +146,7 @@ from rating.domain.account import (
     open_or_update,
 )
 from rating.domain.ratecard import RateBook
-from rating.domain.rating import RatingError, rate_cdr
+from rating.domain.rating import RatingError, price_cdr
 from rating.domain.validation import summarize_validation_error
 from rating.error_policy import park
 from rating.expiry import ExpiryIndex, MemoryExpiry
@@ -707,24 +708,22 @@ class Ledger:
                 f"({self.horizon}); charging it could double-charge, so it is parked",
                 now,
             )
-        rated = rate_cdr(
-            cdr, self._rates(), plan=account.plan, currency=account.currency, rated_at=now
-        )
-        if isinstance(rated, RatingError):
+        priced = price_cdr(cdr, self._rates(), plan=account.plan, currency=account.currency)
+        if isinstance(priced, RatingError):
             # Re-emitted on a replay too: a rejection is published at least once.
             if own:
                 w.deletes.append(mkey)
-            return self._reject(env, rated.reason, rated.detail, now)
+            return self._reject(env, priced.reason, priced.detail, now)
         if marker is None and w.offset <= lo:
             # Applied by an earlier delivery whose marker has since expired.
             return Result(outcome=Outcome.DUPLICATE, product=cdr.product.value)
-        account, effects = apply_charge(account, rated.amount, now, self.policy)
-        charge = rated.model_copy(update={"balance_after": account.balance})
-        charge_json = charge.model_dump_json(exclude_none=True).encode()
+        account, effects = apply_charge(account, priced.amount, now, self.policy)
+        charge = priced.charge(rated_at=now, balance_after=account.balance)
+        charge_json = encode_charge(charge)
         outputs = [Output(Role.CHARGES, tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)
-        w.marks[mkey] = Marker(w.offset, rated.amount, expires)
+        w.marks[mkey] = Marker(w.offset, priced.amount, expires)
         w.applied.add(mkey)
         w.set_account(account, w.offset)
         w.add_activity(w.offset, charge=charge)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from rating.contracts import CDR, Charge, Product, Rate, RejectReason, format_time
+from rating.contracts import CDR, Charge, Product, Rate, RateCard, RejectReason, format_time
 from rating.domain.money import MONEY_CONTEXT, round_half_up
 from rating.domain.ratecard import RateBook
 
@@ -64,15 +64,45 @@ def charge_amount(billable: int, rate: Rate, precision: int) -> Decimal:
     return round_half_up(exact, precision)
 
 
-def rate_cdr(
-    cdr: CDR, book: RateBook, *, plan: str, currency: str, rated_at: datetime
-) -> Charge | RatingError:
-    """Rate one CDR for a tenant on ``plan`` billing in ``currency``. Never raises on data.
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """What rules 1-6 decide for one CDR, before any balance: the ledger debits ``amount``
+    first and then builds the one Charge it publishes, balance included (no second copy)."""
 
-    The Charge has ``balance_after=None``: the balance is the account's business.
-    """
-    if rated_at.tzinfo is None:
-        raise ValueError("rated_at must be timezone-aware")  # a caller bug, not bad data
+    cdr: CDR
+    card: RateCard
+    rate: Rate
+    number: str
+    billable: int
+    amount: Decimal
+
+    def charge(self, *, rated_at: datetime, balance_after: Decimal | None = None) -> Charge:
+        if rated_at.tzinfo is None:
+            raise ValueError("rated_at must be timezone-aware")  # a caller bug, not bad data
+        cdr, rate = self.cdr, self.rate
+        # Validated construction: measured faster than model_construct (pydantic 2.14), and
+        # it guarantees what we publish matches the contract.
+        return Charge(
+            cdr_id=cdr.cdr_id,
+            tenant_id=cdr.tenant_id,
+            product=cdr.product,
+            call_start=cdr.call_start,
+            duration_seconds=cdr.duration_seconds,
+            billable_seconds=self.billable,
+            rated_number=self.number,
+            prefix=rate.prefix,
+            zone=rate.zone,
+            rate_card_id=self.card.rate_card_id,
+            per_minute=rate.per_minute,
+            amount=self.amount,
+            currency=self.card.currency,
+            balance_after=balance_after,
+            rated_at=rated_at,
+        )
+
+
+def price_cdr(cdr: CDR, book: RateBook, *, plan: str, currency: str) -> Priced | RatingError:
+    """Price one CDR for a tenant on ``plan`` billing in ``currency``. Never raises on data."""
     card = book.find_card(plan, currency, cdr.call_start)
     if card is None:
         return RatingError(
@@ -90,22 +120,17 @@ def rate_cdr(
             f"in rate card {card.rate_card_id!r}",
         )
     billable = billable_seconds(cdr.duration_seconds, rate)
-    # Validated construction: measured no slower than model_construct (pydantic 2.14), and it
-    # guarantees what we publish matches the contract.
-    return Charge(
-        cdr_id=cdr.cdr_id,
-        tenant_id=cdr.tenant_id,
-        product=cdr.product,
-        call_start=cdr.call_start,
-        duration_seconds=cdr.duration_seconds,
-        billable_seconds=billable,
-        rated_number=number,
-        prefix=rate.prefix,
-        zone=rate.zone,
-        rate_card_id=card.rate_card_id,
-        per_minute=rate.per_minute,
-        amount=charge_amount(billable, rate, card.precision),
-        currency=card.currency,
-        balance_after=None,
-        rated_at=rated_at,
-    )
+    return Priced(cdr, card, rate, number, billable, charge_amount(billable, rate, card.precision))
+
+
+def rate_cdr(
+    cdr: CDR, book: RateBook, *, plan: str, currency: str, rated_at: datetime
+) -> Charge | RatingError:
+    """Rate one CDR for a tenant on ``plan`` billing in ``currency``. Never raises on data.
+
+    The Charge has ``balance_after=None``: the balance is the account's business.
+    """
+    if rated_at.tzinfo is None:
+        raise ValueError("rated_at must be timezone-aware")  # a caller bug, not bad data
+    priced = price_cdr(cdr, book, plan=plan, currency=currency)
+    return priced if isinstance(priced, RatingError) else priced.charge(rated_at=rated_at)
