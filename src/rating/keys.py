@@ -47,8 +47,10 @@ class KeyKind(StrEnum):
 
 def escape(part: str) -> str:
     # Order matters: escape the escape character first so "%2F" in an id stays distinct
-    # from an escaped "/".
-    return part.replace("%", "%25").replace("/", "%2F")
+    # from an escaped "/". Most ids have neither: testing is cheaper than two replaces.
+    if "%" in part or "/" in part:
+        return part.replace("%", "%25").replace("/", "%2F")
+    return part
 
 
 def unescape(part: str) -> str:
@@ -56,7 +58,12 @@ def unescape(part: str) -> str:
 
 
 def make_key(kind: KeyKind, tenant: str, *parts: str) -> str:
-    return "/".join((kind.value, escape(tenant), *(escape(p) for p in parts)))
+    # Several keys per CDR: a KeyKind is its letter as a str (no Enum.value lookup), and
+    # components are appended without a generator.
+    key = kind + "/" + escape(tenant)
+    for part in parts:
+        key += "/" + escape(part)
+    return key
 
 
 def split_key(key: str) -> tuple[KeyKind, str, tuple[str, ...]]:
