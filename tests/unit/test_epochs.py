@@ -5,6 +5,7 @@ puts other writers' records between this worker's, and a fake reader of those re
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -239,6 +240,45 @@ def test_a_batch_fenced_after_the_worker_rejoined_leaves_the_recovered_state_alo
     assert "a/t" in table.data
 
 
+def test_a_batch_of_a_later_generation_never_writes_under_the_last_rounds_epoch() -> None:
+    # The outbox deletes a batch flushes after publishing stay in an open round. The worker
+    # then froze, lost the partition to a successor (epoch 6), rejoined (generation 7) and
+    # got it back: its next batch must write at epoch 7, not join the epoch-5 round and find
+    # itself "deposed" in generation 7 (every later batch of the partition dropped).
+    kafka = FakeKafka()
+    store = _table_store(kafka)
+    _round(store, 5, {"a/t": {"lo": 1}})
+
+    async def outbox_deletes_then_rejoin() -> set[int]:
+        store["o/t/1"] = {"out": []}
+        await store.flush()  # what clear_outbox does: sent, acked with the next round
+        kafka.intrude(0, "a/t", 6)
+        return await store.begin(7)
+
+    assert asyncio.run(outbox_deletes_then_rejoin()) == {0}  # deposed, in generation 5
+    assert store.epoch == 7
+    assert not store.fenced(0)
+    written = len(kafka.log[0])
+    assert _round(store, 7, {"a/t": {"lo": 2}}) == set()
+    assert not store.fenced(0)
+    assert [e for _, _, e in kafka.log[0][written:]] == [7, 7]  # the record and its seal
+
+
+def test_begin_in_the_same_generation_leaves_the_round_open() -> None:
+    kafka = FakeKafka()
+    store = _table_store(kafka)
+    _round(store, 5, {"a/t": {"lo": 1}})
+
+    async def go() -> set[int]:
+        store["o/t/1"] = {"out": []}
+        await store.flush()
+        return await store.begin(5)
+
+    sent = len(kafka.log[0])
+    assert asyncio.run(go()) == set()
+    assert len(kafka.log[0]) == sent + 1  # no seal: nothing was made durable early
+
+
 def test_a_deposed_owners_records_are_written_again_with_this_workers_values() -> None:
     kafka = FakeKafka()
     store = _table_store(kafka)
@@ -387,5 +427,35 @@ def test_a_deposed_worker_withholds_the_batchs_charges_and_fences_its_commit() -
         await p.ledger_batch([_ledger_event(4, "cdr", cdr_doc("c3"))])
         assert sum(len(r) for r in kafka.log.values()) == written
         assert [s for s in p.app.producer.sent if s[0] == "charges"] == charges
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_rejoined_and_got_its_partition_back_charges_there_again() -> None:
+    # Frozen after a batch of generation 5 (its outbox deletes still in an open round), the
+    # worker lost partition 0 to a successor (epoch 6), rejoined in generation 7 and got it
+    # back. Its generation-7 batch is charged and published; only generation 5 is fenced.
+    from tests.unit.builders import cdr_doc, funds_doc, settings_doc
+
+    kafka = FakeKafka()
+    p = _ledger_pipeline(kafka)
+
+    async def scenario() -> None:
+        await p.ledger_batch(
+            [
+                _ledger_event(0, "settings", settings_doc()),
+                _ledger_event(1, "funds", funds_doc("f1", amount="10.00")),
+                _ledger_event(2, "cdr", cdr_doc("c1")),
+            ]
+        )
+        kafka.intrude(0, "a/t1", 6)
+        p.app.consumer_generation_id = 7
+        event = _ledger_event(3, "cdr", cdr_doc("c2"))
+        event.message.generation_id = 7
+        await p.ledger_batch([event])
+        charged = [json.loads(s[2])["cdr_id"] for s in p.app.producer.sent if s[0] == "charges"]
+        assert charged == ["c1", "c2"]
+        assert p.app.consumer.fenced == [(TP("app-ledger", 0), 5)]
+        assert not p.store.fenced(0)
 
     asyncio.run(scenario())

@@ -228,9 +228,12 @@ class Pipeline:
         where this worker is found deposed, the batch's records are not applied, or their
         state is dropped and their outputs withheld; they are acked all the same (Faust's
         revocation waits for every record to be acked) but that partition is never committed
-        again in this generation (``transport.Consumer.fence``): its new owner has them."""
+        again in that generation (``transport.Consumer.fence``): its new owner has them. A
+        batch of a later generation first closes the round still open from the last one
+        (``TableStore.begin``), so its own records never carry an older epoch."""
         m, store = self.metrics, self.store
-        store.epoch = batch_epoch(self.app, events)
+        previous = store.epoch
+        self._fence(await store.begin(batch_epoch(self.app, events)), previous)
         repaired = store.repair(sorted(self.owned_ledger_partitions()))
         if repaired:
             m.changelog_repaired_keys.inc(repaired)
@@ -244,17 +247,22 @@ class Pipeline:
         fenced = await store.durable()
         m.ledger_flush_seconds.observe(self.clock.monotonic() - flush_started)
         m.ledger_batch_size.observe(len(events))
-        ledger_topic = self.topics["ledger"].get_topic_name()
-        for partition in fenced:
-            m.ledger_fenced.labels(str(partition)).inc()
-            consumer = cast(transport.Consumer, self.app.consumer)
-            consumer.fence(TP(ledger_topic, partition), store.epoch)
-            self.forget(partition)
+        self._fence(fenced, store.epoch)
         kept = [a for a in applied if a[0].message.partition not in fenced]
         upto = {event.message.partition: event.message.offset for event, _, _ in kept}
         await self.publish([out for _, result, _ in kept for out in result.outputs])
         await self.clear_outbox(upto)
         self.count_results([(result, started) for _, result, started in kept])
+
+    def _fence(self, partitions: set[int], generation: int) -> None:
+        """This worker was found deposed on ``partitions`` in ``generation``: never commit
+        them in it, and rebuild their index from the table when they come back."""
+        ledger_topic = self.topics["ledger"].get_topic_name()
+        consumer = cast(transport.Consumer, self.app.consumer)
+        for partition in partitions:
+            self.metrics.ledger_fenced.labels(str(partition)).inc()
+            consumer.fence(TP(ledger_topic, partition), generation)
+            self.forget(partition)
 
     # --- publishing -----------------------------------------------------------------------
 

@@ -327,6 +327,25 @@ class TableStore(MutableMapping[str, Any]):
         it must not apply that partition's records until it is assigned it again."""
         return self._fenced.get(partition) == self.epoch
 
+    async def begin(self, epoch: int) -> set[int]:
+        """Start applying a batch of consumer group generation ``epoch``.
+
+        A round's records all carry one epoch, fixed when its first record of a partition is
+        flushed, and a round stays open after :meth:`durable` for what the batch writes
+        once its outputs are acked (the outbox deletes): the next batch's records join it.
+        If the worker rejoined the group in between (it was frozen past its session
+        timeout), those records would go out under the old generation's epoch, and once
+        the new owner's records showed up in between, this worker would find itself
+        "deposed" in its *current* generation: every later batch of that partition dropped
+        until the next rebalance (seen as a stall in the zombie test). So the open round is
+        made durable first, under its own epoch; returns the partitions where that round
+        found this worker deposed (in the old generation)."""
+        fenced: set[int] = set()
+        if epoch != self.epoch and (self._pending or self._touched):
+            fenced = await self.durable()
+        self.epoch = epoch
+        return fenced
+
     def repair(self, partitions: Iterable[int]) -> int:
         """Write again, with this worker's values (a tombstone where it has none), the keys
         of a deposed owner's records found in ``partitions``' changelog; returns how many."""
