@@ -166,8 +166,13 @@ class _Unthreaded(transport.Consumer):
     """Our consumer without its aiokafka thread (which would open an event loop of its own):
     nothing in these tests reaches the broker."""
 
+    assigned: set[transport.TP]
+
     def _new_consumer_thread(self) -> Any:
         return Service(loop=self.loop, beacon=self.beacon)
+
+    def assignment(self) -> set[transport.TP]:
+        return getattr(self, "assigned", {TP_A})
 
 
 def _consumer() -> transport.Consumer:
@@ -326,6 +331,30 @@ def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
         assert seeks == [(TP_A, 10)]  # read again from the first offset never processed
         _ack(consumer, range(10, 15))  # the records read again are processed
         assert consumer._new_offset(TP_A) == 21
+
+    asyncio.run(scenario())
+
+
+def test_a_hole_in_a_partition_no_longer_assigned_is_left_to_its_new_owner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seeks: list[tuple[transport.TP, int]] = []
+
+    async def seek(_self: object, tp: transport.TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
+
+    async def scenario() -> None:
+        consumer = _consumer()
+        assert isinstance(consumer, _Unthreaded)
+        consumer.assigned = set()  # revoked; acks of its last batches linger
+        consumer._committed_offset[TP_A] = 10
+        _ack(consumer, range(15, 21))
+        for _ in range(3 * transport.Consumer.HOLE_ROUNDS):
+            assert consumer._new_offset(TP_A) is None  # never committed over the hole
+        await consumer.starts_known()
+        assert seeks == []  # and no seek on a partition it does not have
 
     asyncio.run(scenario())
 

@@ -449,7 +449,12 @@ class Consumer(faust_aiokafka.Consumer):
         """Offsets ``start``..``lowest - 1`` were never acked. Seen on as many commit rounds
         in a row as :attr:`HOLE_ROUNDS`, they were dropped by Faust's fetch loop (not merely
         in flight: an agent acks its batches in order), so the partition is read again from
-        ``start``; what was processed already is deduplicated downstream."""
+        ``start``; what was processed already is deduplicated downstream. Not on a partition
+        this worker no longer has (acks of its last batches linger after a revocation): its
+        new owner reads it from the committed offset, and a seek here could only fail."""
+        if tp not in self.assignment():
+            self._blocked.pop(tp, None)
+            return
         rounds = self._blocked.get(tp, (start, 0))
         rounds = (start, rounds[1] + 1) if rounds[0] == start else (start, 1)
         self._blocked[tp] = rounds
