@@ -1,6 +1,7 @@
 """End-to-end throughput and latency of `rating worker` on the embedded broker (not a test).
 
     python -m bench.bench_pipeline [--cdrs 60000] [--tenants 50] [--runs 3] [--skip-two]
+                                   [--worker-env K=V ...]
 
 One run of this program starts one embedded broker and measures, on the same CDRs (~230 B,
 ``--tenants`` tenants), median of ``--runs``:
@@ -138,11 +139,12 @@ def owns_ledger(worker: Worker) -> bool:
 
 
 def start_pipeline(
-    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], count: int
+    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], count: int, extra: dict[str, str]
 ) -> tuple[Env, list[Worker]]:
     env = Env(broker.bootstrap)
     env.create_topics()
-    workers = [Worker(env, log_dir, index=i, RATING_LOG_LEVEL="WARNING") for i in range(count)]
+    settings = {"RATING_LOG_LEVEL": "WARNING", **extra}
+    workers = [Worker(env, log_dir, index=i, **settings) for i in range(count)]
     for w in workers:
         w.start()
     wait_until(
@@ -160,9 +162,15 @@ def start_pipeline(
 
 
 def worker_rate(
-    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], records: Records, count: int
+    broker: EmbeddedBroker,
+    log_dir: Path,
+    tenants: list[str],
+    records: Records,
+    count: int,
+    *,
+    extra: dict[str, str],
 ) -> float:
-    env, workers = start_pipeline(broker, log_dir, tenants, count)
+    env, workers = start_pipeline(broker, log_dir, tenants, count, extra)
     try:
         publish(broker.bootstrap, env.topic("cdr_audio"), records)
         got = charges(env, workers, len(records))
@@ -198,9 +206,15 @@ async def _paced(bootstrap: str, topic: str, records: Records, rate: float) -> N
 
 
 def latency(
-    broker: EmbeddedBroker, log_dir: Path, tenants: list[str], n: int, rate: float
+    broker: EmbeddedBroker,
+    log_dir: Path,
+    tenants: list[str],
+    n: int,
+    rate: float,
+    *,
+    extra: dict[str, str],
 ) -> tuple[float, float]:
-    env, workers = start_pipeline(broker, log_dir, tenants, 1)
+    env, workers = start_pipeline(broker, log_dir, tenants, 1, extra)
     records = cdr_records(n, tenants, prefix="L")
     try:
         asyncio.run(_paced(broker.bootstrap, env.topic("cdr_audio"), records, rate))
@@ -232,11 +246,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-two", action="store_true", help="skip the two-worker figure")
     ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a setting for every worker, e.g. RATING_FETCH_MAX_WAIT_MS=20 (repeatable)",
+    )
     args = ap.parse_args()
+    extra = dict(item.split("=", 1) for item in args.worker_env)
     tenants = [f"bench-{i}" for i in range(args.tenants)]
     records = cdr_records(args.cdrs, tenants)
     size = sum(len(v) for _, v in records) / len(records)
-    say(f"CDRs: {args.cdrs} (~{size:.0f} B), tenants: {args.tenants}, median of {args.runs}")
+    say(
+        f"CDRs: {args.cdrs} (~{size:.0f} B), tenants: {args.tenants}, median of {args.runs}"
+        + (f", workers with {' '.join(args.worker_env)}" if extra else "")
+    )
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)
 
@@ -244,7 +269,7 @@ def main() -> None:
             return noop_rate(broker.bootstrap, records, log_dir, i)
 
         def workers(count: int) -> Callable[[int], float]:
-            return lambda _: worker_rate(broker, log_dir, tenants, records, count)
+            return lambda _: worker_rate(broker, log_dir, tenants, records, count, extra=extra)
 
         floor, floors = median_of(args.runs, noop)
         say(f"no-op Faust agent (floor):  {floor:8.0f} msg/s   runs {[round(f) for f in floors]}")
@@ -258,7 +283,7 @@ def main() -> None:
             say(f"  ratio two workers / floor:{two / floor:8.3f}")
         offered = one / 2
         n = max(100, int(offered * args.latency_seconds))
-        p50, p99 = latency(broker, log_dir, tenants, n, offered)
+        p50, p99 = latency(broker, log_dir, tenants, n, offered, extra=extra)
         say(f"latency at {offered:.0f} CDRs/s offered ({n} CDRs), publish -> Charge:")
         say(f"  p50 {p50:8.1f} ms   p99 {p99:8.1f} ms   (target p99 <= 250 ms)")
 
