@@ -308,16 +308,21 @@ def test_no_commit_before_the_partition_start_is_known() -> None:
     asyncio.run(scenario())
 
 
-def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    seeks: list[tuple[transport.TP, int]] = []
+@pytest.fixture
+def seeks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[transport.TP, int]]:
+    """The seeks the consumer makes (Faust's seek replaced by a recorder)."""
+    made: list[tuple[transport.TP, int]] = []
 
     async def seek(_self: object, tp: transport.TP, offset: int) -> None:
-        seeks.append((tp, offset))
+        made.append((tp, offset))
 
     monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
+    return made
 
+
+def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
+    seeks: list[tuple[transport.TP, int]],
+) -> None:
     async def scenario() -> None:
         consumer = _consumer()
         consumer._committed_offset[TP_A] = 10
@@ -336,15 +341,8 @@ def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
 
 
 def test_a_hole_in_a_partition_no_longer_assigned_is_left_to_its_new_owner(
-    monkeypatch: pytest.MonkeyPatch,
+    seeks: list[tuple[transport.TP, int]],
 ) -> None:
-    seeks: list[tuple[transport.TP, int]] = []
-
-    async def seek(_self: object, tp: transport.TP, offset: int) -> None:
-        seeks.append((tp, offset))
-
-    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
-
     async def scenario() -> None:
         consumer = _consumer()
         assert isinstance(consumer, _Unthreaded)
