@@ -73,6 +73,13 @@ def _log_digest(worker: Worker) -> str:
         "rating_partitions_owned",
         "rating_consumer_lag_messages",
         "rating_ledger_batch_size_count",
+        "rating_ledger_fenced_total",
+        "rating_tenants ",
+        "rating_tenant_settings_applied_total",
+        "rating_cdrs_consumed_total",
+        "rating_cdrs_rejected_total",
+        "rating_held_messages",
+        "rating_internal_errors_total",
     )
     shown = [m for m in body.splitlines() if m.startswith(gauges)] if status == 200 else []
     return "\n".join(
