@@ -17,6 +17,7 @@ import pytest
 from faust.stores import rocksdb as faust_rocksdb
 from faust.types import TP
 
+from rating.keys import SEAL_PREFIX
 from rating.streaming import rocks
 from rating.streaming.epochs import headers_of
 from rating.streaming.store import TableStore, key_partitioner
@@ -188,15 +189,7 @@ def test_table_store_holds_writes_until_the_changelog_is_acked(table: Any) -> No
     sent: list[tuple[int, str, Any]] = []
 
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-
-        async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
-            sent.append((partition, key, value))
-            fut = loop.create_future()
-            fut.set_result(SimpleNamespace(partition=partition, offset=len(sent)))
-            return fut
-
-        store = TableStore(table, partition_for, send)
+        store = TableStore(table, partition_for, _recording_sender(sent))
         store.seal = False
         store.partition = p
         store[tenant_key] = {"lo": 1}
@@ -386,7 +379,7 @@ def test_a_deposed_owners_seal_record_is_dropped_without_a_repair(table: Any) ->
     store = table.data
     partition_for = key_partitioner(PARTITIONS)
     p = partition_for("a/t")
-    seal = f"~seal/{p}".encode()
+    seal = f"{SEAL_PREFIX}{p}".encode()
     fetched = [
         Rec(10, b'"a/t"', b'{"lo":11}', epoch=5),
         Rec(11, b'"a/t"', b'{"lo":10}', epoch=4),  # the deposed owner, woken
@@ -403,14 +396,8 @@ def test_a_deposed_owners_seal_record_is_dropped_without_a_repair(table: Any) ->
 
     sent: list[tuple[int, str, Any]] = []
 
-    async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
-        sent.append((partition, key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(SimpleNamespace(partition=partition, offset=20 + len(sent)))
-        return fut
-
     async def repair() -> None:
-        ts = TableStore(table, partition_for, send)
+        ts = TableStore(table, partition_for, _recording_sender(sent))
         ts.seal = False
         ts.epoch = 6
         assert ts.repair([p]) == 1
@@ -419,3 +406,16 @@ def test_a_deposed_owners_seal_record_is_dropped_without_a_repair(table: Any) ->
     asyncio.run(repair())
     assert sent == [(p, "a/t", {"lo": 11})]
     assert store.pending_repairs(p) == set()
+
+
+def _recording_sender(sent: list[tuple[int, str, Any]]) -> Any:
+    """A changelog send that records (partition, key, value) and is acked at once, at the
+    next offset."""
+
+    async def send(partition: int, key: str, value: Any, epoch: int) -> Any:
+        sent.append((partition, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(SimpleNamespace(partition=partition, offset=len(sent)))
+        return fut
+
+    return send

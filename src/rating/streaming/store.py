@@ -76,8 +76,6 @@ from rating.partitioning import partition_of
 from rating.streaming import rocks
 from rating.streaming.epochs import epoch_of, headers_of
 
-#: Keys of seal records; not ledger state (see the module docstring).
-
 log = logging.getLogger(__name__)
 
 
@@ -268,13 +266,10 @@ class TableStore(MutableMapping[str, Any]):
         return data if isinstance(data, rocks.Store) else None
 
     def __getitem__(self, key: str) -> Any:
-        db = self.rocks
-        if db is None:
+        if self.rocks is None:
             return self.table.data[key]
-        value = self._overlay.get(key)
+        value = self._get_in(self.partition_for(key), key)
         if value is None:
-            value = db.get_in(self.partition_for(key), key)
-        if value is None or value is rocks.DELETED:
             raise KeyError(key)
         return value
 
