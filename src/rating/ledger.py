@@ -60,9 +60,10 @@ Exactly once in effect, without Kafka transactions:
    ``exp`` (:mod:`rating.expiry`: on RocksDB the store keeps it on disk, so a remembered CDR
    costs no RAM and a restart reads no marker); a deletion that comes late is always safe.
 8. One record's writes are collected first (:class:`_Writes`) and then written in that
-   order: the outbox entry, markers (and held-message changes), usage, the account, then
-   deletions. So a record that applies several messages at once (below) still lands as a
-   prefix.
+   order: the outbox entry, markers (and held-message changes), the deletion of stale
+   markers of the record's own earlier attempt, usage, the account, then deletions (held
+   messages applied). So a record that applies several messages at once (below) still
+   lands as a prefix, and no prefix with the account counts a marker its debit is not in.
 9. A deposed owner (a worker frozen past its session timeout, then woken) may still write
    the changelog of the batch it was in. Recovery drops its records that come after its
    successor's, the successor writes the keys they touched again, and the deposed owner
@@ -94,6 +95,19 @@ and an account, usage row or ring counter touched by ten CDRs of a batch costs o
 changelog record instead of ten: ~4 records per CDR instead of ~6 (outbox entry, marker,
 ring slot, and the entry's tombstone; plus the per-tenant rows once per batch).
 
+Records of many messages. Ingest puts a batch's messages of one ledger partition into as
+few ledger records as it can (``{"m": [envelope, ...]}``, ``streaming/app.py``), so the
+ledger's hop costs one Faust event, one fetch and one produce per record, not per message.
+Each tenant's share of a record is applied like a record of one message: its messages in
+order against the account in memory, written once in the order of 8, all at the record's
+offset. Rules 1-6 hold with "record" read as "a tenant's share of a record": a redelivered
+share whose offset <= the account's ``lo`` republishes its one outbox entry once (the
+first replayed message takes it, :meth:`Ledger._replayed`); the same CDR twice in one share
+is a duplicate (``_Writes.applied``); messages held for a tenant without settings get ids
+``{offset}``, ``{offset}.00001``, ... (:func:`held_id`). A bug met in one message parks it,
+and the share is applied again without it: nothing of the share was written yet. Records of
+one message (a bare envelope, as earlier versions wrote) are read as before.
+
 Messages that arrive before their tenant (funds or CDRs before the first settings: they
 come on other topics, so the ledger's order is not billing's) are *held* under
 ``h/{tenant}/{offset}``: durable state like any other, idempotent by ledger offset. The
@@ -115,7 +129,7 @@ nothing. Version-2 workers refuse version-3 accounts: do not run both versions a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -364,6 +378,12 @@ def rejected(rej: Rejection, key: bytes | None) -> Result:
     )
 
 
+def held_id(offset: int, index: int) -> str:
+    """The id of the ``index``-th message a ledger record holds for one tenant: its offset,
+    then ``.00001``...: ids of one record sort in arrival order, after the record's first."""
+    return str(offset) if index == 0 else f"{offset}.{index:05d}"
+
+
 def _epoch(t: datetime) -> int:
     return int(t.timestamp())
 
@@ -407,6 +427,14 @@ class _Writes:
     marks: dict[str, Marker | Held] = field(default_factory=dict)
     save_lo: int | None = None  # set when the account changed: the ``lo`` to store
     deletes: list[str] = field(default_factory=list)
+    # Stale markers of this record's own earlier attempt (a message that no longer charges):
+    # deleted before the account is written, so no prefix counts them as charged.
+    unmarks: list[str] = field(default_factory=list)
+    # Messages of this record held so far (their keys: ``held_id``).
+    held: int = 0
+    # Whether this record's outbox entry was republished already (one entry per tenant and
+    # record, however many of the record's messages are replays).
+    republished: bool = False
     # Markers applied by this record (written, or repaired): a second message with the same
     # id within one record (held duplicates) is a duplicate, never a second repair.
     applied: set[str] = field(default_factory=set)
@@ -429,6 +457,15 @@ class _Writes:
             self.charges.append(charge)
         if funds is not None:
             self.funds.append((funds, self.now))
+
+
+class _MessageError(Exception):
+    """A bug met while applying the ``index``-th message of a tenant's share of a record."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
 
 
 class Ledger:
@@ -506,7 +543,10 @@ class Ledger:
         raw = self.store.get(key)
         return None if raw is None else Marker.from_dict(raw)
 
-    def _held_entry(self, key: str) -> Held | None:
+    def _held_entry(self, key: str, w: _Writes | None = None) -> Held | None:
+        mine = None if w is None else w.marks.get(key)
+        if isinstance(mine, Held):  # held by this very record, not written yet
+            return mine
         raw = self.store.get(key)
         return None if raw is None else Held.from_dict(raw)
 
@@ -517,6 +557,9 @@ class Ledger:
             self._outbox.setdefault(w.partition, {}).setdefault(w.offset, set()).add(okey)
         for key, value in w.marks.items():
             self._mark(w.partition, key, value)
+        for key in w.unmarks:
+            if key in self.store:
+                del self.store[key]
         if w.charges or w.funds:
             for exp, key in record_activity(self.store, w.charges, w.funds, w.activity_lo):
                 self.expiry.add(w.partition, exp, key)
@@ -570,31 +613,82 @@ class Ledger:
     # --- messages -------------------------------------------------------------------------
 
     def handle(self, env: Envelope, partition: int, offset: int, now: datetime) -> Result:
-        try:
-            return self._handle(env, partition, offset, now)
-        except Exception as exc:
-            # Parked (rating.error_policy), with the original message. A record's state is
-            # written only after all of its checks (see _Writes): nothing half-done is left.
-            rej = park("ledger", exc, env.source, env.payload, now, context="internal error ")
-            return rejected(rej, env.source.key)
+        """One ledger record carrying one message (see :meth:`handle_record`)."""
+        return self.handle_record([env], partition, offset, now)[0]
 
-    def _handle(self, env: Envelope, partition: int, offset: int, now: datetime) -> Result:
-        model = self._parse(env, now)
-        if isinstance(model, Result):
-            return model
-        w = self._begin(partition, offset, now, model.tenant_id)
-        if isinstance(model, TenantSettings):
-            result = self._settings(w, env, model)
-        elif w.account is None:
-            result = self._hold(w, env)
-        elif isinstance(model, CDR):
-            result = self._cdr(w, env, model)
-        else:
-            result = self._funds(w, env, model)
-        if w.save_lo is not None and result.outputs:
-            w.outbox = list(result.outputs)  # every output of this record, held parts' too
-        self._commit(w)
-        return result
+    def handle_record(
+        self, envs: Sequence[Envelope], partition: int, offset: int, now: datetime
+    ) -> list[Result]:
+        """One ledger record carrying ``envs`` (ingest batches a partition's messages into
+        one record): one Result per message, in their order.
+
+        Each tenant's messages of the record are one unit, like one message: applied in
+        order to the account in memory, then written once (its outbox entry, markers,
+        usage, the account), all at the record's offset. So everything the docstring says of
+        "a record" holds for a tenant's share of one: a crash keeps a prefix of it, a
+        redelivery charges it afresh or republishes its outbox entry, once."""
+        if len(envs) == 1:
+            return self._tenant_share(envs[0].tenant_id, envs, partition, offset, now)
+        shares: dict[str, list[int]] = {}
+        for i, env in enumerate(envs):
+            shares.setdefault(env.tenant_id, []).append(i)
+        results: list[Result] = [Result()] * len(envs)
+        for tenant, positions in shares.items():
+            share = [envs[i] for i in positions]
+            for i, result in zip(
+                positions, self._tenant_share(tenant, share, partition, offset, now), strict=True
+            ):
+                results[i] = result
+        return results
+
+    def _tenant_share(
+        self, tenant: str, envs: Sequence[Envelope], partition: int, offset: int, now: datetime
+    ) -> list[Result]:
+        parked: dict[int, Result] = {}
+        while True:
+            try:
+                w = self._begin(partition, offset, now, tenant)
+                results = [
+                    parked[i] if i in parked else self._message(w, env, i)
+                    for i, env in enumerate(envs)
+                ]
+                if w.save_lo is not None:
+                    # Every output of this tenant's share, held parts' too.
+                    w.outbox = [out for result in results for out in result.outputs]
+                self._commit(w)
+                return results
+            except _MessageError as failed:
+                # Parked (rating.error_policy), with its original message; the share is
+                # applied again without it: nothing was written, and a half-applied message
+                # (settings that applied some held messages) must not be.
+                parked[failed.index] = self._park(envs[failed.index], failed.error, now)
+                if len(parked) == len(envs):
+                    return [parked[i] for i in range(len(envs))]
+            except Exception as exc:  # while writing: the whole share is parked
+                return [self._park(env, exc, now) for env in envs]
+
+    def _message(self, w: _Writes, env: Envelope, index: int) -> Result:
+        try:
+            model = self._parse(env, w.now)
+            if isinstance(model, Result):
+                return model
+            if model.tenant_id != w.tenant:
+                raise ValueError(
+                    f"message of tenant {model.tenant_id!r} in the share of {w.tenant!r}"
+                )
+            if isinstance(model, TenantSettings):
+                return self._settings(w, env, model)
+            if w.account is None:
+                return self._hold(w, env)
+            if isinstance(model, CDR):
+                return self._cdr(w, env, model)
+            return self._funds(w, env, model)
+        except Exception as exc:
+            raise _MessageError(index, exc) from exc
+
+    def _park(self, env: Envelope, exc: Exception, now: datetime) -> Result:
+        rej = park("ledger", exc, env.source, env.payload, now, context="internal error ")
+        return rejected(rej, env.source.key)
 
     def _reject(self, env: Envelope, reason: RejectReason, detail: str, now: datetime) -> Result:
         rej = make_rejection(env.source, env.payload, reason, detail, now)
@@ -613,6 +707,9 @@ class Ledger:
         """This very record again, fully applied (its offset <= the account's ``lo``): its
         outputs from its outbox entry; none if the entry is gone (published and acked).
         ``legacy``: what a version-2 marker stored, for state written before the outbox."""
+        if w.republished:  # another message of this share republished the entry
+            return Result(outcome=Outcome.REPLAYED)
+        w.republished = True
         okey = outbox_key(w.tenant, w.offset)
         entry = self.store.get(okey)
         if entry is not None:
@@ -631,7 +728,8 @@ class Ledger:
     # --- holding messages of tenants without settings -------------------------------------
 
     def _hold(self, w: _Writes, env: Envelope) -> Result:
-        key = held_key(w.tenant, str(w.offset))
+        key = held_key(w.tenant, held_id(w.offset, w.held))
+        w.held += 1
         if self.store.get(key) is not None:
             return Result(outcome=Outcome.HELD_AGAIN, topic=env.source.topic)  # a replay
         by_tenant = self._held.setdefault(w.partition, {})
@@ -653,6 +751,8 @@ class Ledger:
         if at is None:  # only version-2 rejected entries lack it, and they are not indexed
             raise ValueError(f"held message {key!r} has no arrival time")
         entries = self._held.setdefault(partition, {}).setdefault(tenant_of(key), [])
+        if any(e[1] == key for e in entries):  # a share applied again (_tenant_share)
+            return
         entries.append((lo, key, at + self.hold.seconds))
         entries.sort()
 
@@ -667,7 +767,7 @@ class Ledger:
     def _apply_held(self, w: _Writes, result: Result) -> None:
         """The tenant was just created: apply its held messages in arrival order."""
         for _, key, _ in list(self._held.get(w.partition, {}).get(w.tenant, [])):
-            held = self._held_entry(key)
+            held = self._held_entry(key, w)
             w.deletes.append(key)
             if held is None or held.env is None:
                 continue
@@ -700,7 +800,7 @@ class Ledger:
         own = marker is not None and marker.lo == w.offset
         if cdr.call_start + self.horizon < now:
             if own:
-                w.deletes.append(mkey)
+                w.unmarks.append(mkey)
             return self._reject(
                 env,
                 RejectReason.STALE,
@@ -712,7 +812,7 @@ class Ledger:
         if isinstance(priced, RatingError):
             # Re-emitted on a replay too: a rejection is published at least once.
             if own:
-                w.deletes.append(mkey)
+                w.unmarks.append(mkey)
             return self._reject(env, priced.reason, priced.detail, now)
         if marker is None and w.offset <= lo:
             # Applied by an earlier delivery whose marker has since expired.
@@ -750,7 +850,7 @@ class Ledger:
         applied = apply_funds(account, event, w.now, self.policy)
         if isinstance(applied, Refusal):
             if marker is not None and marker.lo == w.offset:
-                w.deletes.append(mkey)
+                w.unmarks.append(mkey)
             return self._reject(env, applied.reason, applied.detail, w.now)
         if marker is None and w.offset <= lo:
             return Result(outcome=Outcome.FUNDS_DUPLICATE, funds=event)

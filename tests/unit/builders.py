@@ -286,26 +286,42 @@ class Scenario:
         return {env.tenant_id for env in self.messages}
 
 
+Record = list[Envelope]
+
+
+def records_of(messages: list[Envelope], size: int) -> list[Record]:
+    """The messages as ingest batches them: ledger records of ``size`` messages each."""
+    return [messages[i : i + size] for i in range(0, len(messages), size)]
+
+
+def apply_record(ledger: Ledger, record: Record, offset: int, now: datetime) -> list[Result]:
+    if len(record) == 1:
+        return [ledger.handle(record[0], 0, offset, now)]
+    return ledger.handle_record(record, 0, offset, now)
+
+
 def run(
-    ledger: Ledger, messages: list[Envelope], start: int, now: datetime
+    ledger: Ledger, messages: list[Envelope], start: int, now: datetime, group: int = 1
 ) -> dict[str, set[bytes]]:
-    """Deliver messages[start:] at their ledger offsets; the Charge contents seen per cdr_id.
+    """Deliver records[start:] at their ledger offsets (``group`` messages per record); the
+    Charge contents seen per cdr_id.
 
     ``rated_at`` is left out of the content: it is the processing clock, so a CDR whose
     writes were all lost and that is charged afresh on redelivery carries the new time
     (see test_recharged_after_total_loss_keeps_content_but_not_rated_at).
     """
     charges: dict[str, set[str]] = {}
-    for offset in range(start, len(messages)):
-        result = ledger.handle(messages[offset], 0, offset, now)
-        assert result.outcome != "rejected", result
-        for out in result.outputs:
-            if out.role == "charges":
-                content = json.loads(out.value)
-                del content["rated_at"]
-                charges.setdefault(content["cdr_id"], set()).add(
-                    json.dumps(content, sort_keys=True)
-                )
+    records = records_of(messages, group)
+    for offset in range(start, len(records)):
+        for result in apply_record(ledger, records[offset], offset, now):
+            assert result.outcome != "rejected", result
+            for out in result.outputs:
+                if out.role == "charges":
+                    content = json.loads(out.value)
+                    del content["rated_at"]
+                    charges.setdefault(content["cdr_id"], set()).add(
+                        json.dumps(content, sort_keys=True)
+                    )
     return charges
 
 
@@ -367,22 +383,31 @@ class Batch:
 
 
 def run_batches(
-    ledger: Ledger, messages: list[Envelope], start: int, size: int, log: Changelog
+    ledger: Ledger,
+    messages: list[Envelope],
+    start: int,
+    size: int,
+    log: Changelog,
+    *,
+    group: int = 1,
 ) -> list[Batch]:
-    """Deliver messages[start:] like the ledger agent: apply a batch, (flush,) publish its
-    outputs, then ``published`` deletes its outbox entries. ``now`` is T0 for every record:
-    the record timestamp, so a reprocessed record must give the same bytes."""
+    """Deliver records[start:] (``group`` messages per record) like the ledger agent: apply
+    a batch of ``size`` records, (flush,) publish its outputs, then ``published`` deletes
+    its outbox entries. ``now`` is T0 for every record: the record timestamp, so a
+    reprocessed record must give the same bytes."""
     batches = []
-    for first in range(start, len(messages), size):
+    records = records_of(messages, group)
+    for first in range(start, len(records), size):
         charges: dict[tuple[str, str], set[bytes]] = {}
-        last = min(first + size, len(messages))
+        last = min(first + size, len(records))
         for offset in range(first, last):
-            result = ledger.handle(messages[offset], 0, offset, T0)
-            assert result.outcome != "rejected", result
-            for out in result.outputs:
-                if out.role == "charges":
-                    doc = json.loads(out.value)
-                    charges.setdefault((doc["tenant_id"], doc["cdr_id"]), set()).add(out.value)
+            for result in apply_record(ledger, records[offset], offset, T0):
+                assert result.outcome != "rejected", result
+                for out in result.outputs:
+                    if out.role == "charges":
+                        doc = json.loads(out.value)
+                        key = (doc["tenant_id"], doc["cdr_id"])
+                        charges.setdefault(key, set()).add(out.value)
         log.flush()
         durable = len(log.log)
         ledger.published(0, last - 1)

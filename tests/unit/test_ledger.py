@@ -415,10 +415,12 @@ def test_random_crashes_and_redeliveries_never_double_charge(
 
 
 def check_outbox_crash(
-    scenario: Scenario, size: int, from_zero: bool, coalesce: bool = False
+    scenario: Scenario, size: int, from_zero: bool, coalesce: bool = False, group: int = 1
 ) -> None:
+    """``group``: messages per ledger record (ingest's records of many messages)."""
     original = Changelog(coalesce=coalesce)
-    batches = run_batches(new_ledger(original), scenario.messages, 0, size, original)
+    batches = run_batches(new_ledger(original), scenario.messages, 0, size, original, group=group)
+    records = -(-len(scenario.messages) // group)
     assert not any(k.startswith("o/") for k in original)  # every entry cleared
     charged = set(scenario.cdrs)
     for keep in range(len(original.log) + 1):
@@ -429,10 +431,11 @@ def check_outbox_crash(
         perhaps = merge({}, [b for b in batches if keep >= b.durable])
         # The input offsets are acked after the deletes: redelivery from the first batch
         # whose deletes are not all kept (or, conservatively, from 0).
-        commit = next((b.start for b in batches if b.cleared > keep), len(scenario.messages))
+        commit = next((b.start for b in batches if b.cleared > keep), records)
         ledger = new_ledger(store)
         ledger.rebuild_index(0, list(store.items()))
-        replay = run_batches(ledger, scenario.messages, 0 if from_zero else commit, size, store)
+        start = 0 if from_zero else commit
+        replay = run_batches(ledger, scenario.messages, start, size, store, group=group)
         check_exactly_once(scenario, store, {})
         # At least once: every charged CDR was published, before the crash or by the replay.
         assert set(merge(dict(surely), replay)) >= charged, keep
@@ -475,6 +478,42 @@ def test_random_scenarios_in_coalesced_batches_crashed_anywhere_publish_every_ch
     scenario: Scenario, size: int
 ) -> None:
     check_outbox_crash(scenario, size, from_zero=False, coalesce=True)
+
+
+@pytest.mark.parametrize("coalesce", [False, True], ids=["in-order", "coalesced"])
+@pytest.mark.parametrize("group", [2, 5, 12])
+@pytest.mark.parametrize("size", [1, 3])
+@pytest.mark.parametrize("from_zero", [False, True], ids=["from-commit", "from-zero"])
+def test_every_crash_prefix_of_records_of_many_messages_publishes_each_charge_once(
+    size: int, group: int, coalesce: bool, from_zero: bool
+) -> None:
+    # Ingest's records: ``group`` messages of several tenants per ledger record (group 12:
+    # the whole scenario, its duplicates inside one record).
+    check_outbox_crash(fixed_scenario(), size, from_zero, coalesce=coalesce, group=group)
+
+
+@pytest.mark.parametrize("group", [2, 5, 12])
+def test_every_crash_prefix_of_records_of_many_messages_then_full_replay_debits_once(
+    group: int,
+) -> None:
+    scenario = fixed_scenario()
+    original = Changelog()
+    seen = run(new_ledger(original), scenario.messages, 0, T0, group)
+    check_exactly_once(scenario, original, seen)
+    for keep in range(len(original.log) + 1):
+        store = original.crashed(keep)
+        replayed = run(new_ledger(store), scenario.messages, 0, T0 + timedelta(hours=1), group)
+        for cdr_id, values in seen.items():
+            replayed.setdefault(cdr_id, set()).update(values)
+        check_exactly_once(scenario, store, replayed)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios(), size=st.integers(1, 4), group=st.integers(2, 6))
+def test_random_scenarios_in_records_of_many_messages_crashed_anywhere_publish_once(
+    scenario: Scenario, size: int, group: int
+) -> None:
+    check_outbox_crash(scenario, size, from_zero=False, coalesce=True, group=group)
 
 
 def test_coalesced_batches_write_fewer_changelog_records() -> None:
@@ -978,3 +1017,160 @@ def test_an_account_record_replaced_under_the_ledger_is_read_afresh() -> None:
     charge = expected_charge(cdr_doc("r1", duration=61))
     feed.send("cdr", cdr_doc("r1", duration=61))
     assert balance(ledger) == Decimal("3.0000") - charge.amount
+
+
+# --- records of many messages (ingest's ledger records) ----------------------------------------
+
+
+def many(*messages: tuple[str, dict[str, Any]], first_src: int = 100) -> list[Envelope]:
+    return [envelope(kind, doc, first_src + i) for i, (kind, doc) in enumerate(messages)]  # type: ignore[arg-type]
+
+
+def test_a_record_of_many_messages_applies_each_tenants_share_once_at_its_offset() -> None:
+    ledger = new_ledger()
+    ledger.handle_record(
+        many(("settings", settings_doc("t1")), ("settings", settings_doc("t2"))), 0, 0, T0
+    )
+    record = many(
+        ("funds", funds_doc("f1", "t1", amount="10.00")),
+        ("cdr", cdr_doc("a", "t2", duration=61)),
+        ("cdr", cdr_doc("a", "t1", duration=61)),
+        ("cdr", cdr_doc("a", "t1", duration=61)),  # the same CDR again, in the same record
+        ("cdr", cdr_doc("b", "t1", duration=31)),
+    )
+    results = ledger.handle_record(record, 0, 1, T0)
+    # One Result per message, in the record's order.
+    assert [r.outcome for r in results] == ["funds", "charged", "charged", "duplicate", "charged"]
+    charged = [json.loads(only(r, "charges"))["tenant_id"] for r in results if r.charge]
+    assert charged == ["t2", "t1", "t1"]
+    a, b = expected_charge(cdr_doc("a", duration=61)), expected_charge(cdr_doc("b", duration=31))
+    assert balance(ledger, "t1") == Decimal("10.00") - a.amount - b.amount
+    assert balance(ledger, "t2") == -a.amount
+    # Each tenant's share is one unit at the record's offset: one outbox entry per tenant.
+    assert {k for k in ledger.store if k.startswith("o/") and k.endswith("/1")} == {
+        "o/t1/1",
+        "o/t2/1",
+    }
+    assert ledger.store["a/t1"]["lo"] == ledger.store["c/t1/b"]["lo"] == 1
+
+
+def test_a_replayed_record_of_many_messages_republishes_each_tenants_outputs_once() -> None:
+    ledger, _ = funded("50.00")
+    record = many(*(("cdr", cdr_doc(f"c{i}", duration=61)) for i in range(4)))
+    first = ledger.handle_record(record, 0, 9, T0)
+    again = ledger.handle_record(record, 0, 9, T0)
+    assert [r.outcome for r in again] == ["replayed"] * 4
+    outputs = [o for r in again for o in r.outputs]
+    # Every output of the first attempt, each once (not once per message of the share).
+    assert outputs == [o for r in first for o in r.outputs]
+    ledger.published(0, 9)
+    assert [o for r in ledger.handle_record(record, 0, 9, T0) for o in r.outputs] == []
+    assert (
+        balance(ledger) == Decimal("50.00") - 4 * expected_charge(cdr_doc("c0", duration=61)).amount
+    )
+
+
+def test_messages_of_an_unknown_tenant_in_one_record_are_each_held_then_applied() -> None:
+    ledger = new_ledger()
+    record = many(
+        ("funds", funds_doc("f1", "t9", amount="5.00")),
+        ("cdr", cdr_doc("a", "t9", duration=61)),
+        ("cdr", cdr_doc("b", "t9", duration=61)),
+    )
+    assert [r.outcome for r in ledger.handle_record(record, 0, 3, T0)] == ["held"] * 3
+    assert sorted(k for k in ledger.store if k.startswith("h/")) == [
+        "h/t9/3",
+        "h/t9/3.00001",
+        "h/t9/3.00002",
+    ]
+    # A redelivery holds nothing twice.
+    assert [r.outcome for r in ledger.handle_record(record, 0, 3, T0)] == ["held_again"] * 3
+    created = ledger.handle(envelope("settings", settings_doc("t9"), 200), 0, 4, T0)
+    assert [p.outcome for p in created.parts] == ["funds", "charged", "charged"]
+    charge = expected_charge(cdr_doc("a", "t9", duration=61)).amount
+    assert balance(ledger, "t9") == Decimal("5.00") - 2 * charge
+    assert not any(k.startswith("h/") for k in ledger.store)
+
+
+def test_settings_in_the_same_record_apply_the_messages_held_before_them() -> None:
+    ledger = new_ledger()
+    record = many(
+        ("cdr", cdr_doc("a", "t9", duration=61)),
+        ("settings", settings_doc("t9")),
+        ("funds", funds_doc("f1", "t9", amount="5.00")),
+    )
+    results = ledger.handle_record(record, 0, 0, T0)
+    assert [r.outcome for r in results] == ["held", "settings", "funds"]
+    assert [p.outcome for p in results[1].parts] == ["charged"]
+    assert (
+        balance(ledger, "t9")
+        == Decimal("5.00") - expected_charge(cdr_doc("a", "t9", duration=61)).amount
+    )
+    assert not any(k.startswith("h/") for k in ledger.store)
+    # Replayed whole, the record publishes its outputs once and charges nothing again.
+    again = ledger.handle_record(record, 0, 0, T0)
+    assert [o for r in again for o in r.outputs] == [o for r in results for o in r.outputs]
+
+
+def test_a_bug_in_one_message_parks_only_that_message_of_the_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rating.ledger as ledger_module
+
+    ledger, _ = funded("50.00")
+    real = ledger_module.price_cdr
+
+    def broken_for_b(cdr: Any, *a: Any, **kw: Any) -> Any:
+        if cdr.cdr_id == "b":
+            raise RuntimeError("pricing b exploded")
+        return real(cdr, *a, **kw)
+
+    monkeypatch.setattr(ledger_module, "price_cdr", broken_for_b)
+    record = many(*(("cdr", cdr_doc(i, duration=61)) for i in ("a", "b", "c")))
+    results = ledger.handle_record(record, 0, 5, T0)
+    assert [r.outcome for r in results] == ["charged", "rejected", "charged"]
+    assert results[1].reason is RejectReason.INTERNAL_ERROR
+    assert (
+        json.loads(Rejection.model_validate_json(only(results[1], "rejected")).payload)["cdr_id"]
+        == "b"
+    )
+    assert "c/t1/b" not in ledger.store
+    assert (
+        balance(ledger) == Decimal("50.00") - 2 * expected_charge(cdr_doc("a", duration=61)).amount
+    )
+    # The outbox entry holds what the record published: the two Charges and the rejection.
+    assert len(ledger.store["o/t1/5"]["out"]) == 3
+
+
+def test_a_stale_marker_of_a_records_first_attempt_goes_before_the_account_is_written() -> None:
+    # The first attempt of a record charged x and y; only their markers landed. Before the
+    # redelivery the rate cards lost x's destination: x no longer charges, y does. x's
+    # marker must be gone before the account (lo = the record's offset) is written, or a
+    # prefix would count x as charged although its debit is in no balance.
+    store = Changelog()
+    first = Ledger(store, lambda: BOOK, POLICY, HORIZON)
+    first.handle(envelope("settings", settings_doc(), 1), 0, 0, T0)
+    first.handle(envelope("funds", funds_doc("seed", amount="50.00"), 2), 0, 1, T0)
+    record = many(
+        ("cdr", cdr_doc("x", duration=61, destination="+447700900123")),
+        ("cdr", cdr_doc("y", duration=61)),
+    )
+    before = len(store.log)
+    first.handle_record(record, 0, 7, T0)
+    account_at = next(i for i in range(before, len(store.log)) if store.log[i][0] == "a/t1")
+    crashed = store.crashed(account_at)  # the markers landed, the account did not
+    assert {"c/t1/x", "c/t1/y"} <= set(crashed)
+    mark = len(crashed.log)
+    us_only = RateBook.from_cards(
+        [
+            card.model_copy(update={"rates": [r for r in card.rates if r.prefix != "44"]})
+            for card in BOOK.cards
+        ]
+    )
+    again = Ledger(crashed, lambda: us_only, POLICY, HORIZON)
+    results = again.handle_record(record, 0, 7, T0)
+    assert [r.outcome for r in results] == ["rejected", "repaired"]
+    writes = crashed.log[mark:]
+    keys = [k for k, _ in writes]
+    assert writes[keys.index("c/t1/x")][1] is None  # x's stale marker deleted...
+    assert keys.index("c/t1/x") < keys.index("a/t1")  # ...before the account is written

@@ -283,14 +283,26 @@ def test_every_crash_prefix_of_an_onboarding_in_coalesced_batches_applies_everyt
     check_onboarding_batches(size, coalesce=True, busy=busy)
 
 
-def check_onboarding_batches(size: int, coalesce: bool, busy: bool = False) -> None:
+@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
+@pytest.mark.parametrize("group", [2, 3, 5, 9])
+@pytest.mark.parametrize("size", [1, 2])
+def test_every_crash_prefix_of_an_onboarding_in_records_of_many_messages_applies_it_once(
+    size: int, group: int, busy: bool
+) -> None:
+    # Ingest's records of many messages: a tenant's funds and CDRs held and its settings in
+    # one record (group 9: the whole onboarding), or held in one and applied in the next.
+    check_onboarding_batches(size, coalesce=True, busy=busy, group=group)
+
+
+def check_onboarding_batches(size: int, coalesce: bool, busy: bool = False, group: int = 1) -> None:
     messages = onboarding(busy)
     original = Changelog(coalesce=coalesce)
-    batches = run_batches(hold_ledger(original), messages, 0, size, original)
+    batches = run_batches(hold_ledger(original), messages, 0, size, original, group=group)
+    records = -(-len(messages) // group)
     for keep in range(len(original.log) + 1):
         store = original.crashed(keep)
-        commit = next((b.start for b in batches if b.cleared > keep), len(messages))
-        replay = run_batches(recovered(store), messages, commit, size, store)
+        commit = next((b.start for b in batches if b.cleared > keep), records)
+        replay = run_batches(recovered(store), messages, commit, size, store, group=group)
         check(recovered(store), {})
         surely = merge({}, [b for b in batches if b.cleared > b.durable and keep > b.durable])
         assert set(merge(surely, replay)) == {("t1", "a"), ("t1", "c"), ("t2", "b")}, keep

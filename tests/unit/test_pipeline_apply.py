@@ -60,7 +60,7 @@ def pipeline(store: DictStore) -> Pipeline:
 )
 def test_a_broken_ledger_record_is_parked_as_internal_error(value: bytes) -> None:
     p = pipeline(DictStore())
-    result, _ = p.apply(Msg(value))
+    (result,), _ = p.apply(Msg(value))
     assert result.reason is RejectReason.INTERNAL_ERROR
     (out,) = result.outputs
     rej = Rejection.model_validate_json(out.value)
@@ -74,5 +74,5 @@ def test_a_broken_ledger_record_is_parked_as_internal_error(value: bytes) -> Non
 def test_a_failure_while_indexing_the_partition_is_parked_too() -> None:
     store = DictStore({"a/t1": {"acct": {"v": 999}, "lo": 1}})  # unreadable account state
     tick = Msg(json.dumps({"k": "tick"}).encode(), partition=partition_of("t1", 8))
-    result, _ = pipeline(store).apply(tick)
+    (result,), _ = pipeline(store).apply(tick)
     assert result.reason is RejectReason.INTERNAL_ERROR

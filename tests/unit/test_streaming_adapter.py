@@ -29,9 +29,10 @@ from rating.contracts import Charge, Rejection
 from rating.ingest import Envelope
 from rating.ledger import Result, Role
 from rating.metrics import Metrics
+from rating.partitioning import partition_of
 from rating.settings import Settings
 from rating.streaming import admin_ops, transport
-from rating.streaming.app import Pipeline, record_time
+from rating.streaming.app import LEDGER_RECORD_MAX_MESSAGES, Pipeline, Send, record_time
 from rating.streaming.clock import ManualClock, SystemClock
 from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.sensors import PER_EVENT_HOOKS, LeanMonitor
@@ -173,29 +174,66 @@ def pipeline(clock: ManualClock) -> Pipeline:
     return p
 
 
-def test_ingest_turns_a_batch_into_ledger_records_and_rejections_in_order() -> None:
+def ledger_messages(send: Send) -> list[Envelope]:
+    assert send.role == "ledger"
+    assert send.key is None
+    return [Envelope.from_dict(d) for d in json.loads(send.value)["m"]]
+
+
+def test_ingest_turns_a_batch_into_rejections_then_one_ledger_record_per_partition() -> None:
     p = pipeline(ManualClock(AT))
+    n = p.settings.partitions
+    other = next(
+        t for t in ("t2", "t3", "t4", "t5") if partition_of(t, n) != partition_of("acme", n)
+    )
     key, good = cdr_msg("acme", "c1")
+    okey, ogood = cdr_msg(other, "c9")
     batch = [
         Msg(good, key, offset=0),
         Msg(b"{not json", key, offset=1),
-        Msg(good, b"other", offset=2),  # key_mismatch
-        Msg(good, key, offset=3),
+        Msg(ogood, okey, offset=2),
+        Msg(good, b"other", offset=3),  # key_mismatch
+        Msg(good, key, offset=4),
     ]
     sent = p.ingest(batch)
-    assert [role for role, _, _ in sent] == ["ledger", "rejected", "rejected", "ledger"]
-    env = Envelope.decode(sent[0][2])
-    assert (env.tenant_id, env.source.offset, env.payload) == ("acme", 0, good.decode())
-    assert json.loads(sent[3][2])["it"] == AT.timestamp()  # the injected clock
-    assert sent[0][1] == b"acme"
-    malformed = Rejection.model_validate_json(sent[1][2])
+    assert [s.role for s in sent] == ["rejected", "rejected", "ledger", "ledger"]
+    malformed = Rejection.model_validate_json(sent[0].value)
     assert (malformed.reason.value, malformed.offset, malformed.rejected_at) == ("malformed", 1, AT)
-    assert sent[1][1] == key  # rejections keep the input key
-    assert sent[2][1] == b"other"
+    assert sent[0].key == key  # rejections keep the input key
+    assert sent[1].key == b"other"
+    # The partition's messages in input order, in one record sent to the tenant's partition.
+    acme = ledger_messages(sent[2])
+    assert [(e.tenant_id, e.source.offset, e.payload) for e in acme] == [
+        ("acme", 0, good.decode()),
+        ("acme", 4, good.decode()),
+    ]
+    assert sent[2].partition == partition_of("acme", n)
+    assert [e.tenant_id for e in ledger_messages(sent[3])] == [other]
+    assert sent[3].partition == partition_of(other, n)
+    assert json.loads(sent[3].value)["it"] == AT.timestamp()  # the injected clock
     body = generate_latest(p.metrics.registry).decode()
-    assert metric_value(body, "rating_cdrs_consumed_total") == 4
+    assert metric_value(body, "rating_cdrs_consumed_total") == 5
     assert metric_value(body, "rating_cdrs_rejected_total", reason="malformed") == 1
     assert metric_value(body, "rating_cdrs_rejected_total", reason="key_mismatch") == 1
+
+
+def test_a_partitions_messages_are_split_into_records_by_count_and_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rating.streaming.app as app_module
+
+    p = pipeline(ManualClock(AT))
+    batch = [Msg(cdr_msg("acme", f"c{i}")[1], b"acme", offset=i) for i in range(600)]
+    sent = p.ingest(batch)
+    counts = [len(ledger_messages(s)) for s in sent]
+    assert counts == [LEDGER_RECORD_MAX_MESSAGES, LEDGER_RECORD_MAX_MESSAGES, 88]
+    offsets = [e.source.offset for s in sent for e in ledger_messages(s)]
+    assert offsets == list(range(600))  # in input order across the records
+    one = len(json.dumps(Envelope.from_dict(json.loads(sent[0].value)["m"][0]).to_dict()))
+    monkeypatch.setattr(app_module, "LEDGER_RECORD_MAX_BYTES", 3 * one + 10)
+    sized = p.ingest(batch[:7])
+    assert [len(ledger_messages(s)) for s in sized] == [3, 3, 1]
+    assert all(len(s.value) < 3 * one + 100 for s in sized)
 
 
 def test_a_failure_inside_ingest_parks_the_message_as_internal_error(
@@ -209,7 +247,7 @@ def test_a_failure_inside_ingest_parks_the_message_as_internal_error(
     monkeypatch.setattr(app_module, "validate", broken)
     p = pipeline(ManualClock(AT))
     key, good = cdr_msg("acme", "c1")
-    ((role, out_key, value),) = p.ingest([Msg(good, key)])
+    ((role, out_key, value, _),) = p.ingest([Msg(good, key)])
     assert (role, out_key) == ("rejected", key)
     assert Rejection.model_validate_json(value).reason.value == "internal_error"
     body = generate_latest(p.metrics.registry).decode()
@@ -228,11 +266,13 @@ class FakeProducer:
     """Records each send; delivery futures resolve (or fail) when the test says."""
 
     def __init__(self, fail: bool = False) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.sent: list[tuple[str, bytes | None, bytes, int | None]] = []
         self.fail = fail
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, *_rest: Any) -> Any:
-        self.sent.append((topic, key, value))
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None, *_rest: Any
+    ) -> Any:
+        self.sent.append((topic, key, value, partition))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail and len(self.sent) == 2:
             future.set_exception(RuntimeError("not delivered"))
@@ -251,12 +291,16 @@ def test_send_all_queues_every_record_in_order_then_waits_for_the_acks() -> None
     producer = FakeProducer()
     p.app = FakeApp(producer)  # type: ignore[assignment]
     p.sinks = {"ledger": FakeTopic("app-ledger"), "rejected": FakeTopic("rating.rejected")}
-    records = [("ledger", b"a", b"1"), ("rejected", None, b"2"), ("ledger", b"b", b"3")]
+    records = [
+        Send(Role.LEDGER, None, b"1", 3),
+        Send(Role.REJECTED, None, b"2"),
+        Send(Role.LEDGER, b"b", b"3"),
+    ]
     asyncio.run(p.send_all(records))
     assert producer.sent == [
-        ("app-ledger", b"a", b"1"),
-        ("rating.rejected", None, b"2"),
-        ("app-ledger", b"b", b"3"),
+        ("app-ledger", None, b"1", 3),
+        ("rating.rejected", None, b"2", None),
+        ("app-ledger", b"b", b"3", None),
     ]
 
 
@@ -265,7 +309,7 @@ def test_send_all_raises_when_a_record_is_not_delivered() -> None:
     p.app = FakeApp(FakeProducer(fail=True))  # type: ignore[assignment]
     p.sinks = {"ledger": FakeTopic("app-ledger")}
     with pytest.raises(RuntimeError, match="not delivered"):
-        asyncio.run(p.send_all([("ledger", b"a", b"1"), ("ledger", b"a", b"2")]))
+        asyncio.run(p.send_all([Send(Role.LEDGER, b"a", b"1"), Send(Role.LEDGER, b"a", b"2")]))
 
 
 def charge(cdr_id: str, product: str, amount: str) -> Charge:

@@ -2,10 +2,11 @@
 
 Two stages, because the platform's topics are partitioned by the platform:
 
-    cdr.* / tenant-settings / billing.funds --ingest--> <app>-ledger (key = tenant) --ledger-->
+    cdr.* / tenant-settings / billing.funds --ingest--> <app>-ledger (by tenant) --ledger-->
         rating.charges, billing.recharge-commands, rating.balance-events (+ rating.rejected)
 
-``ingest`` validates and repartitions by tenant; ``ledger`` owns the accounts table
+``ingest`` validates and repartitions by tenant (a batch's messages of one ledger partition
+in few records: ``Pipeline.ingest``); ``ledger`` owns the accounts table
 (co-partitioned with <app>-ledger) and applies every tenant's messages in order.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import faust
 from faust.types import TP
@@ -52,8 +53,20 @@ log = logging.getLogger("rating.worker")
 
 _ZERO = Decimal(0)
 
-#: A record the worker produces: its role (the topic, by ``Pipeline.sinks``), key and value.
-Send = tuple[Role, bytes | None, bytes]
+#: A ledger record carries at most this many messages, of about this many bytes: ingest
+#: puts a batch's messages of one ledger partition into as few records as that allows.
+LEDGER_RECORD_MAX_MESSAGES = 256
+LEDGER_RECORD_MAX_BYTES = 256 * 1024
+
+
+class Send(NamedTuple):
+    """A record the worker produces: its role (the topic, by ``Pipeline.sinks``), key and
+    value; ``partition`` when the key does not decide it (a ledger record of many tenants)."""
+
+    role: Role
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
 
 
 class RateCards:
@@ -98,6 +111,38 @@ class RateCards:
         log.info("rate cards reloaded from %s: %d cards", self.path, len(book.cards))
         self._publish_metrics("ok")
         return True
+
+
+class _LedgerRecords:
+    """One ingest batch's ledger records for one ledger partition: ``{"m": [envelope, ...],
+    "it": ingest time}``, each within ``LEDGER_RECORD_MAX_*``."""
+
+    def __init__(self, partition: int, stamp: float) -> None:
+        self.partition = partition
+        self.head = b'{"it":' + json.dumps(stamp).encode() + b',"m":['
+        self.records: list[Send] = []
+        self.pending: list[bytes] = []
+        self.size = 0
+
+    def add(self, env: Envelope) -> None:
+        encoded = json.dumps(env.to_dict(), separators=(",", ":")).encode()
+        if self.pending and (
+            len(self.pending) >= LEDGER_RECORD_MAX_MESSAGES
+            or self.size + len(encoded) > LEDGER_RECORD_MAX_BYTES
+        ):
+            self._close()
+        self.pending.append(encoded)
+        self.size += len(encoded) + 1
+
+    def _close(self) -> None:
+        value = self.head + b",".join(self.pending) + b"]}"
+        self.records.append(Send(Role.LEDGER, None, value, self.partition))
+        self.pending, self.size = [], 0
+
+    def done(self) -> list[Send]:
+        if self.pending:
+            self._close()
+        return self.records
 
 
 def record_time(msg: Any, clock: Clock) -> datetime:
@@ -155,27 +200,30 @@ class Pipeline:
 
     # --- applying -------------------------------------------------------------------------
 
-    def apply(self, msg: Any) -> tuple[Result, float | None]:
-        """One ledger record -> its Result (state written through the table store).
+    def apply(self, msg: Any) -> tuple[list[Result], float | None]:
+        """One ledger record -> the Results of its messages (state written through the
+        table store), and its ingest time.
 
         Whatever goes wrong with one record (an undecodable record, a bug in indexing or in
         the ledger) parks that record as ``internal_error`` (``rating.error_policy``) and the
         partition moves on."""
         try:
-            result, started = self._apply(msg)
+            results, started = self._apply(msg)
         except Exception as exc:
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
             now = self.clock.now()
             rej = park("ledger", exc, source, msg.value, now, context="ledger record: ")
-            result, started = rejected(rej, msg.key), None
-        for part in result.all():
-            if part.reason is RejectReason.INTERNAL_ERROR:
-                self.metrics.internal_errors.labels("ledger").inc()
-            if part.reason is not None:
-                self.metrics.cdrs_rejected.labels(part.topic or msg.topic, part.reason.value).inc()
-        return result, started
+            results, started = [rejected(rej, msg.key)], None
+        for result in results:
+            for part in result.all():
+                if part.reason is RejectReason.INTERNAL_ERROR:
+                    self.metrics.internal_errors.labels("ledger").inc()
+                if part.reason is not None:
+                    topic = part.topic or msg.topic
+                    self.metrics.cdrs_rejected.labels(topic, part.reason.value).inc()
+        return results, started
 
-    def _apply(self, msg: Any) -> tuple[Result, float | None]:
+    def _apply(self, msg: Any) -> tuple[list[Result], float | None]:
         self.ensure_indexed(msg.partition)
         self.store.partition = msg.partition
         data = json.loads(msg.value)
@@ -183,22 +231,33 @@ class Pipeline:
         # a crash then computes the same Charge (rated_at included) and the same decisions.
         now = record_time(msg, self.clock)
         if data.get("k") == "tick":
-            return self.ledger.tick(msg.partition, msg.offset, now), None
-        env = Envelope.from_dict(data)
-        return self.ledger.handle(env, msg.partition, msg.offset, now), data.get("it")
+            return [self.ledger.tick(msg.partition, msg.offset, now)], None
+        # {"m": [envelope, ...], "it": ...}: many messages; a bare envelope: one (as written
+        # before ledger records carried many, still read from an older ledger topic).
+        envs = (
+            [Envelope.from_dict(d) for d in data["m"]]
+            if "m" in data
+            else [Envelope.from_dict(data)]
+        )
+        return self.ledger.handle_record(envs, msg.partition, msg.offset, now), data.get("it")
 
     # --- ingesting ------------------------------------------------------------------------
 
     def ingest(self, messages: Sequence[Any]) -> list[Send]:
-        """One batch of input records -> ledger records and rejections, in input order.
+        """One batch of input records -> rejections, then ledger records: the batch's valid
+        messages of each ledger partition, in input order, in as few records as
+        ``LEDGER_RECORD_MAX_*`` allow (one Faust event per record, not per message, on the
+        ledger's hop: ledger.py, "Records of many messages").
 
         Counters are added once per batch (same totals as one by one)."""
         m = self.metrics
         now = self.clock.now()
         stamp = self.clock.time()  # "it" on the ledger record: for the latency histogram
+        partitions = self.settings.partitions
         consumed: Counter[str] = Counter()
         rejected: Counter[tuple[str, str]] = Counter()
         out: list[Send] = []
+        by_partition: dict[int, _LedgerRecords] = {}
         for msg in messages:
             source = Source(msg.topic, msg.partition, msg.offset, msg.key)
             kind = self.kind_by_topic[msg.topic]
@@ -211,9 +270,15 @@ class Pipeline:
                 checked = park("ingest", exc, source, msg.value, now)
             if isinstance(checked, Rejection):
                 rejected[(msg.topic, checked.reason.value)] += 1
-                out.append((Role.REJECTED, msg.key, checked.model_dump_json().encode()))
+                out.append(Send(Role.REJECTED, msg.key, checked.model_dump_json().encode()))
             else:
-                out.append((Role.LEDGER, checked.tenant_id.encode(), checked.encode(it=stamp)))
+                partition = partition_of(checked.tenant_id, partitions)
+                records = by_partition.get(partition)
+                if records is None:
+                    records = by_partition[partition] = _LedgerRecords(partition, stamp)
+                records.add(checked)
+        for records in by_partition.values():
+            out += records.done()
         for topic, n in consumed.items():
             m.cdrs_consumed.labels(topic).inc(n)
         for (topic, reason), n in rejected.items():
@@ -237,12 +302,12 @@ class Pipeline:
         repaired = store.repair(sorted(self.owned_ledger_partitions()))
         if repaired:
             m.changelog_repaired_keys.inc(repaired)
-        applied: list[tuple[Any, Result, float | None]] = []
+        applied: list[tuple[Any, list[Result], float | None]] = []
         for event in events:
             if store.fenced(event.message.partition):
                 continue
-            result, started = self.apply(event.message)
-            applied.append((event, result, started))
+            results, started = self.apply(event.message)
+            applied.append((event, results, started))
         flush_started = self.clock.monotonic()
         fenced = await store.durable()
         m.ledger_flush_seconds.observe(self.clock.monotonic() - flush_started)
@@ -250,9 +315,9 @@ class Pipeline:
         self._fence(fenced, store.epoch)
         kept = [a for a in applied if a[0].message.partition not in fenced]
         upto = {event.message.partition: event.message.offset for event, _, _ in kept}
-        await self.publish([out for _, result, _ in kept for out in result.outputs])
+        await self.publish([out for _, results, _ in kept for r in results for out in r.outputs])
         await self.clear_outbox(upto)
-        self.count_results([(result, started) for _, result, started in kept])
+        self.count_results([(r, started) for _, results, started in kept for r in results])
 
     def _fence(self, partitions: set[int], generation: int) -> None:
         """This worker was found deposed on ``partitions`` in ``generation``: never commit
@@ -278,13 +343,13 @@ class Pipeline:
         producer = self.app.producer
         names = {role: self.sinks[role].get_topic_name() for role in {r[0] for r in records}}
         pending = [
-            await producer.send(names[role], key, value, None, None, None)
-            for role, key, value in records
+            await producer.send(names[role], key, value, partition, None, None)
+            for role, key, value, partition in records
         ]
         await asyncio.gather(*pending)
 
     async def publish(self, outputs: list[Output]) -> None:
-        await self.send_all([(out.role, out.key, out.value) for out in outputs])
+        await self.send_all([Send(out.role, out.key, out.value) for out in outputs])
 
     async def clear_outbox(self, upto: dict[int, int]) -> None:
         """The batch's outputs are acked: delete its outbox entries (``upto``: partition ->
