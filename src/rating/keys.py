@@ -88,8 +88,10 @@ def settings_key(tenant: str) -> str:
     return make_key(KeyKind.SETTINGS, tenant)
 
 
-def held_key(tenant: str, offset: str) -> str:
-    return make_key(KeyKind.HELD, tenant, offset)
+def held_key(tenant: str, held: str) -> str:
+    """``held``: the ledger offset it arrived at, ``.00001``... after the record's first
+    (``rating.ledger.held_id``)."""
+    return make_key(KeyKind.HELD, tenant, held)
 
 
 def outbox_key(tenant: str, offset: int) -> str:
