@@ -272,7 +272,8 @@ def main() -> None:
         log_dir = Path(tmp)
 
         if args.latency_at:
-            say_latency(broker, log_dir, tenants, args.latency_at, args.latency_seconds, extra)
+            at, seconds = args.latency_at, args.latency_seconds
+            say_latency(broker, log_dir, tenants, at, seconds=seconds, extra=extra)
             return
 
         def noop(i: int) -> float:
@@ -291,7 +292,7 @@ def main() -> None:
             say(f"two workers, end to end:    {two:8.0f} CDRs/s  runs {[round(f) for f in twos]}")
             say(f"  ratio two / one worker:   {two / one:8.3f}   (target >= 1.6)")
             say(f"  ratio two workers / floor:{two / floor:8.3f}")
-        say_latency(broker, log_dir, tenants, one / 2, args.latency_seconds, extra)
+        say_latency(broker, log_dir, tenants, one / 2, seconds=args.latency_seconds, extra=extra)
 
 
 def say_latency(
@@ -299,6 +300,7 @@ def say_latency(
     log_dir: Path,
     tenants: list[str],
     offered: float,
+    *,
     seconds: float,
     extra: dict[str, str],
 ) -> None:
