@@ -59,9 +59,9 @@ class Envelope:
             "p": self.payload,
         }
 
-    def encode(self, **extra: object) -> bytes:
-        """The ledger record; ``extra`` adds fields (e.g. the ingest time) beside the keys."""
-        return json.dumps({**self.to_dict(), **extra}, separators=(",", ":")).encode()
+    def encode(self) -> bytes:
+        """The envelope as ledger records carry it (compact JSON of :meth:`to_dict`)."""
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Envelope:

@@ -125,7 +125,7 @@ class _LedgerRecords:
         self.size = 0
 
     def add(self, env: Envelope) -> None:
-        encoded = json.dumps(env.to_dict(), separators=(",", ":")).encode()
+        encoded = env.encode()
         if self.pending and (
             len(self.pending) >= LEDGER_RECORD_MAX_MESSAGES
             or self.size + len(encoded) > LEDGER_RECORD_MAX_BYTES

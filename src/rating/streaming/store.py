@@ -80,13 +80,8 @@ log = logging.getLogger(__name__)
 
 
 def key_partitioner(partitions: int) -> Callable[[str], int]:
-    """State key -> the ledger partition of its tenant (cached per tenant: hashing is slow)."""
-
-    @lru_cache(maxsize=65536)
-    def of_tenant(tenant: str) -> int:
-        return partition_of(tenant, partitions)
-
-    return lambda key: of_tenant(tenant_of(key))
+    """State key -> the ledger partition of its tenant (``partition_of`` caches per tenant)."""
+    return lambda key: partition_of(tenant_of(key), partitions)
 
 
 class Acked(Protocol):
