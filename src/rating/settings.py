@@ -100,8 +100,11 @@ class Settings(BaseSettings):
     # sends a produce request for nearly every record (a socket write each): the worker's
     # largest single cost. A few ms per hop buy batches of hundreds of records.
     producer_linger_ms: Annotated[int, Field(ge=0, le=1000)] = 5
-    # Ledger batches: up to this many records or this long, then one changelog flush.
+    # Ingest batches: up to this many input records or batch_seconds, then one send.
     batch_max: Annotated[int, Field(ge=1, le=10000)] = 500
+    # Ledger batches: up to this many ledger records (each up to 256 messages: 8,192 CDRs at
+    # most, ~2,000 under backlog) or batch_seconds, then one changelog flush and publish.
+    ledger_batch_records: Annotated[int, Field(ge=1, le=10000)] = 32
     # A batch waits at most this long for more records: at saturation batches fill to
     # batch_max long before; below it, every hop's wait is latency (0.05 s: p50 ~230 ms,
     # 0.01 s: ~160 ms at 400 CDRs/s; throughput the same within noise).

@@ -633,7 +633,9 @@ def _register_agents(p: Pipeline) -> None:
         # before it commits the batch's input offsets, and the next batch's durable() writes
         # them to RocksDB and seals them; a crash before that replays them from the changelog
         # or, at worst, republishes outputs already acked (allowed: consumers dedupe).
-        async for events in stream.take_events(p.settings.batch_max, p.settings.batch_seconds):
+        # Counted in ledger records, each of many messages: RATING_LEDGER_BATCH_RECORDS.
+        size = p.settings.ledger_batch_records
+        async for events in stream.take_events(size, p.settings.batch_seconds):
             await settle(p.app, events, p.ledger_batch(events))
 
     app.on_partitions_revoked.connect(lambda *_a, **_k: p.on_revoked())
