@@ -17,7 +17,7 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
     BaseModel,
@@ -256,14 +256,58 @@ class Charge(_Emitted):
     rated_at: UtcTime
 
 
+class ChargeFields(NamedTuple):
+    """A :class:`Charge`'s fields as a plain tuple, not validated: what the ledger builds per
+    CDR (~0.5 us; a validated Charge costs ~6). Each value comes from a validated CDR, a
+    loaded rate card or exact arithmetic, so ``Charge(**fields._asdict())`` holds (tests
+    check it); :func:`encode_charge` writes both the same way."""
+
+    cdr_id: str
+    tenant_id: str
+    product: Product
+    call_start: datetime
+    duration_seconds: int
+    billable_seconds: int
+    rated_number: str
+    prefix: str
+    zone: str
+    rate_card_id: str
+    per_minute: Decimal
+    amount: Decimal
+    currency: str
+    balance_after: Decimal | None
+    rated_at: datetime
+
+
 # "..." with JSON's escapes and non-ASCII kept as is, as pydantic writes strings (C code).
 _quote = json.encoder.encode_basestring
 
 
-def encode_charge(c: Charge) -> bytes:
-    """``c.model_dump_json(exclude_none=True).encode()``, byte for byte, in about half the
-    time: one Charge per CDR is the ledger's hot path, and pydantic's serializer calls back
-    into Python for every time and money field anyway. A unit test holds the two equal."""
+class _TimeText:
+    """``format_time`` of the last value asked: every Charge of a batch has the same
+    ``rated_at``. Holds the datetime itself, so ``is`` cannot match a recycled address."""
+
+    __slots__ = ("text", "value")
+
+    def __init__(self) -> None:
+        self.value: datetime | None = None
+        self.text = ""
+
+    def __call__(self, value: datetime) -> str:
+        if value is not self.value:
+            self.text = format_time(value)
+            self.value = value
+        return self.text
+
+
+_rated_at_text = _TimeText()
+
+
+def encode_charge(c: Charge | ChargeFields) -> bytes:
+    """``Charge(...).model_dump_json(exclude_none=True).encode()``, byte for byte, in a
+    fraction of the time: one Charge per CDR is the ledger's hot path, and pydantic's
+    serializer calls back into Python for every time and money field anyway. A unit test
+    holds the two equal."""
     balance = (
         "" if c.balance_after is None else f',"balance_after":"{format_money(c.balance_after)}"'
     )
@@ -274,7 +318,7 @@ def encode_charge(c: Charge) -> bytes:
         f'"rated_number":"{c.rated_number}","prefix":"{c.prefix}","zone":{_quote(c.zone)},'
         f'"rate_card_id":{_quote(c.rate_card_id)},"per_minute":"{format_money(c.per_minute)}",'
         f'"amount":"{format_money(c.amount)}","currency":"{c.currency}"{balance},'
-        f'"rated_at":"{format_time(c.rated_at)}"}}'
+        f'"rated_at":"{_rated_at_text(c.rated_at)}"}}'
     ).encode()
 
 

@@ -140,7 +140,7 @@ from pydantic import ValidationError
 
 from rating.contracts import (
     CDR,
-    Charge,
+    ChargeFields,
     FundsEvent,
     Rejection,
     RejectReason,
@@ -269,7 +269,7 @@ class Result:
     outcome: Outcome = Outcome.IGNORED
     outputs: list[Output] = field(default_factory=list)
     reason: RejectReason | None = None
-    charge: Charge | None = None
+    charge: ChargeFields | None = None
     call_end: datetime | None = None
     effects: list[Effects] = field(default_factory=list)
     funds: FundsEvent | None = None
@@ -439,7 +439,7 @@ class _Writes:
     # id within one record (held duplicates) is a duplicate, never a second repair.
     applied: set[str] = field(default_factory=set)
     # Usage and recent activity of this record, written once per row by _commit.
-    charges: list[Charge] = field(default_factory=list)
+    charges: list[ChargeFields] = field(default_factory=list)
     funds: list[tuple[FundsEvent, datetime]] = field(default_factory=list)
     activity_lo: int = -1  # the ledger offset those changes belong to
 
@@ -448,7 +448,7 @@ class _Writes:
         self.save_lo = lo
 
     def add_activity(
-        self, lo: int, charge: Charge | None = None, funds: FundsEvent | None = None
+        self, lo: int, charge: ChargeFields | None = None, funds: FundsEvent | None = None
     ) -> None:
         # One record's changes all belong to one ledger offset: the record's own, or (for a
         # repair) that of the record whose account write was lost; a held batch shares it.

@@ -30,7 +30,7 @@ from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow
 from typing import Any, Final
 
 from rating import keys
-from rating.contracts import Charge, FundsEvent, Product, format_money, format_time
+from rating.contracts import ChargeFields, FundsEvent, Product, format_money, format_time
 from rating.errors import RatingBaseError
 
 #: Rows are deleted this long after their day (documented in README "Consumption").
@@ -73,7 +73,7 @@ class UsageRow:
             exp=int(d["exp"]),
         )
 
-    def plus(self, charge: Charge, offset: int) -> UsageRow:
+    def plus(self, charge: ChargeFields, offset: int) -> UsageRow:
         return UsageRow(
             calls=self.calls + 1,
             billable_seconds=self.billable_seconds + charge.billable_seconds,
@@ -83,7 +83,7 @@ class UsageRow:
         )
 
 
-def day_of(charge: Charge) -> date:
+def day_of(charge: ChargeFields) -> date:
     return charge.call_start.astimezone(UTC).date()
 
 
@@ -94,7 +94,7 @@ def expiry_of(day: date) -> int:
 
 def record_activity(
     store: MutableMapping[str, Any],
-    charges: list[Charge],
+    charges: list[ChargeFields],
     funds: list[tuple[FundsEvent, datetime]],
     offset: int,
 ) -> list[tuple[int, str]]:
@@ -105,7 +105,7 @@ def record_activity(
     One record may carry several (held messages applied by a tenant's creating settings), all
     at one offset; so the rows are summed here first, never "row.lo == offset, skip" per
     charge. Returns ``(exp, key)`` of the rows it created, for the ledger's expiry index."""
-    by_row: dict[str, list[Charge]] = {}
+    by_row: dict[str, list[ChargeFields]] = {}
     for charge in charges:
         day = day_of(charge)
         key = keys.usage_key(charge.tenant_id, day.isoformat(), charge.product.value)
@@ -144,7 +144,7 @@ def _compact_funds(event: FundsEvent, now: datetime) -> dict[str, Any]:
     return entry
 
 
-def _compact_charge(charge: Charge) -> dict[str, Any]:
+def _compact_charge(charge: ChargeFields) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": charge.cdr_id,
         "p": charge.product.value,

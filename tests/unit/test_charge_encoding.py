@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rating.contracts import Charge, Product, encode_charge, format_time
+from rating.contracts import Charge, ChargeFields, Product, encode_charge, format_time
 
 # Field order of the encoder; a field added to Charge must be added to the encoder too.
 ENCODED_FIELDS = [
@@ -69,9 +69,30 @@ def test_the_encoder_knows_every_field_of_charge() -> None:
     assert list(Charge.model_fields) == ENCODED_FIELDS
 
 
+def test_charge_fields_are_the_fields_of_charge_in_order() -> None:
+    assert list(ChargeFields._fields) == ENCODED_FIELDS
+
+
+def _fields_of(charge: Charge) -> ChargeFields:
+    return ChargeFields(*(getattr(charge, name) for name in ChargeFields._fields))
+
+
 @given(charges())
 def test_encode_charge_is_pydantics_json_byte_for_byte(charge: Charge) -> None:
-    assert encode_charge(charge) == charge.model_dump_json(exclude_none=True).encode()
+    expected = charge.model_dump_json(exclude_none=True).encode()
+    assert encode_charge(charge) == expected
+    # The ledger's unvalidated tuple of the same values encodes to the same bytes.
+    assert encode_charge(_fields_of(charge)) == expected
+
+
+def test_rated_at_is_formatted_afresh_for_every_new_value() -> None:
+    # The encoder remembers the last rated_at's text (a batch shares one): alternating
+    # values, and an equal value in a new object, must each be written as themselves.
+    first = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+    second = datetime(2026, 11, 1, 10, 0, 0, 250000, tzinfo=UTC)
+    for rated_at in (first, second, first, datetime(2026, 11, 1, 10, 0, tzinfo=UTC), second):
+        charge = _a_charge(rated_at=rated_at)
+        assert encode_charge(charge) == charge.model_dump_json(exclude_none=True).encode()
 
 
 def test_encode_charge_escapes_like_pydantic() -> None:

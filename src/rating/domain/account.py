@@ -69,6 +69,7 @@ from rating.contracts import (
     format_money,
     format_time,
 )
+from rating.domain.immutable import immutable
 
 RechargeOutcome = Literal[
     "issued", "retried", "succeeded", "failed", "timed_out", "given_up", "capped", "abandoned"
@@ -208,7 +209,7 @@ class Closed:
         return cls(_str(d, "command_id"), how, _dec(d, "amount"), event_id)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Account:
     """One tenant's state. Immutable: every operation returns a new one."""
 
@@ -716,13 +717,30 @@ def _roll_day(account: Account, now: datetime) -> Account:
     return account
 
 
-def _utc_day(now: datetime) -> str:
-    if now.tzinfo is not UTC:
-        now = now.astimezone(UTC)
-    return now.date().isoformat()
+class _DayText:
+    """The UTC day of the last ``now`` asked: a batch debits many accounts at one ``now``.
+    Holds the datetime itself, so ``is`` cannot match a new object at a recycled address."""
+
+    __slots__ = ("day", "now")
+
+    def __init__(self) -> None:
+        self.now: datetime | None = None
+        self.day = ""
+
+    def __call__(self, now: datetime) -> str:
+        if now is not self.now:
+            utc = now if now.tzinfo is UTC else now.astimezone(UTC)
+            self.day = utc.date().isoformat()
+            self.now = now
+        return self.day
+
+
+_utc_day: Final = _DayText()
 
 
 def _check_now(now: datetime) -> None:
+    if now.tzinfo is UTC:
+        return
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be a timezone-aware datetime")
 

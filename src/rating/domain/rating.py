@@ -10,7 +10,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from rating.contracts import CDR, Charge, Product, Rate, RateCard, RejectReason, format_time
+from rating.contracts import (
+    CDR,
+    Charge,
+    ChargeFields,
+    Product,
+    Rate,
+    RateCard,
+    RejectReason,
+    format_time,
+)
+from rating.domain.immutable import immutable
 from rating.domain.money import MONEY_CONTEXT, round_half_up
 from rating.domain.ratecard import RateBook
 
@@ -64,7 +74,7 @@ def charge_amount(billable: int, rate: Rate, precision: int) -> Decimal:
     return round_half_up(exact, precision)
 
 
-@dataclass(frozen=True, slots=True)
+@immutable
 class Priced:
     """What rules 1-6 decide for one CDR, before any balance: the ledger debits ``amount``
     first and then builds the one Charge it publishes, balance included (no second copy)."""
@@ -76,26 +86,26 @@ class Priced:
     billable: int
     amount: Decimal
 
-    def charge(self, *, rated_at: datetime, balance_after: Decimal | None = None) -> Charge:
-        cdr, rate = self.cdr, self.rate
-        # Validated construction: measured faster than model_construct (pydantic 2.14), and
-        # it guarantees what we publish matches the contract (a naive rated_at included).
-        return Charge(
-            cdr_id=cdr.cdr_id,
-            tenant_id=cdr.tenant_id,
-            product=cdr.product,
-            call_start=cdr.call_start,
-            duration_seconds=cdr.duration_seconds,
-            billable_seconds=self.billable,
-            rated_number=self.number,
-            prefix=rate.prefix,
-            zone=rate.zone,
-            rate_card_id=self.card.rate_card_id,
-            per_minute=rate.per_minute,
-            amount=self.amount,
-            currency=self.card.currency,
-            balance_after=balance_after,
-            rated_at=rated_at,
+    def charge(self, *, rated_at: datetime, balance_after: Decimal | None = None) -> ChargeFields:
+        """The Charge's fields (the ledger's per-CDR path; :func:`rate_cdr` validates them).
+        ``rated_at`` must be timezone-aware (a caller's bug otherwise: the ledger's clock)."""
+        cdr, rate, card = self.cdr, self.rate, self.card
+        return ChargeFields(
+            cdr.cdr_id,
+            cdr.tenant_id,
+            cdr.product,
+            cdr.call_start,
+            cdr.duration_seconds,
+            self.billable,
+            self.number,
+            rate.prefix,
+            rate.zone,
+            card.rate_card_id,
+            rate.per_minute,
+            self.amount,
+            card.currency,
+            balance_after,
+            rated_at,
         )
 
 
@@ -131,4 +141,6 @@ def rate_cdr(
     if rated_at.tzinfo is None:
         raise ValueError("rated_at must be timezone-aware")  # a caller bug, not bad data
     priced = price_cdr(cdr, book, plan=plan, currency=currency)
-    return priced if isinstance(priced, RatingError) else priced.charge(rated_at=rated_at)
+    if isinstance(priced, RatingError):
+        return priced
+    return Charge(**priced.charge(rated_at=rated_at)._asdict())
