@@ -18,6 +18,7 @@ from typing import Any
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from mode import Service
+from mode.utils.tracebacks import format_task_stack
 
 from rating.streaming import transport
 
@@ -137,6 +138,30 @@ def test_a_delivery_waiting_when_the_flow_stops_is_abandoned_with_the_rest_of_th
     # seek after the rebalance has them fetched again.
     assert loop._read_offset[TP0] == 5
     assert loop.races == 1 + 3  # one for the fetch, then Faust's own per record
+
+
+def test_modes_task_dump_can_walk_the_loop_while_it_waits_for_records() -> None:
+    # SIGUSR1 makes mode's worker dump every task's stack (``cry``), the tool for a stall.
+    # Its traceback walker knows coroutines and async-generator steps, not the awaitable
+    # of the ``anext`` builtin: with ``await anext(records, None)`` the dump itself
+    # crashed the worker.
+    async def scenario() -> str:
+        loop = Loop()
+        started = asyncio.Event()
+
+        async def slow_fetch() -> AsyncIterator[tuple[TP, Any]]:
+            started.set()
+            await asyncio.Event().wait()  # getmany waiting for the broker
+            yield TP0, None
+
+        task = asyncio.ensure_future(loop._deliver_fetch(slow_fetch()))  # type: ignore[attr-defined]
+        await started.wait()
+        try:
+            return format_task_stack(task)
+        finally:
+            task.cancel()
+
+    assert "_deliver_fetch" in asyncio.run(scenario())
 
 
 async def _make(**kw: Any) -> Loop:

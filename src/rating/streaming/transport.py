@@ -282,6 +282,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 #: Faust's fetch loop yields to the event loop after this many records.
+async def _next_record(records: Any) -> Any:
+    """The fetch's next ``(tp, message)``, None at its end. Not ``anext(records, None)``:
+    mode's task dump (SIGUSR1, ``cry``) cannot walk an ``anext_awaitable`` and crashes the
+    worker; the generator's own ``__anext__`` it can."""
+    try:
+        return await records.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
 _YIELD_EVERY = 100
 
 
@@ -394,7 +404,7 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def _deliver_fetch(self, records: Any) -> None:
         # The first record waits for the fetch itself (as in Faust, outside any race).
-        first = await anext(records, None)
+        first = await _next_record(records)
         if first is None:
             return
         state = _Delivery(first)
@@ -439,7 +449,7 @@ class Consumer(faust_aiokafka.Consumer):
                 state.current = None
                 await asyncio.sleep(0)
                 since_yield = 0
-            item = state.current = await anext(records, None)
+            item = state.current = await _next_record(records)
         state.finished = True
 
     def _deliverable(self, tp: TP, message: Any) -> bool:
