@@ -340,6 +340,34 @@ def test_a_hole_that_stays_makes_the_partition_read_again_from_its_start(
     asyncio.run(scenario())
 
 
+def test_a_partition_is_read_again_with_the_flow_stopped_for_its_seek(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fetch being delivered when the seek lands would record its later offsets as read
+    # after the seek, and the records read again would be dropped as delivered.
+    flow: list[bool] = []
+
+    async def seek(self: transport.Consumer, tp: transport.TP, offset: int) -> None:
+        flow.append(self.flow_active)
+        self._read_offset[tp] = offset
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "seek", seek)
+
+    async def scenario() -> None:
+        consumer = _consumer()
+        consumer.resume_flow()
+        await consumer._read_again(TP_A, 10)  # type: ignore[attr-defined]
+        assert flow == [False]
+        assert consumer.flow_active  # resumed after the seek
+        assert consumer._read_offset[TP_A] == 10
+
+        consumer.app.rebalancing = True  # a rebalance began during the seek: it resumes
+        await consumer._read_again(TP_A, 10)  # type: ignore[attr-defined]
+        assert not consumer.flow_active
+
+    asyncio.run(scenario())
+
+
 def test_a_hole_in_a_partition_no_longer_assigned_is_left_to_its_new_owner(
     seeks: list[tuple[transport.TP, int]],
 ) -> None:

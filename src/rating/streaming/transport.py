@@ -623,10 +623,26 @@ class Consumer(faust_aiokafka.Consumer):
             self._blocked[tp] = (start, -20 * self.HOLE_ROUNDS)
 
     async def _read_again(self, tp: TP, offset: int) -> None:
+        """Seek ``tp`` back to ``offset`` with the flow stopped, as :meth:`perform_seek`
+        does: a fetch the loop is delivering when the seek lands would go on recording its
+        (later) offsets as read, and the records the seek fetches again would then be
+        dropped as delivered (seen in the SIGKILL test: the hole read again, never
+        processed). The flow is resumed only in the generation that stopped it: a
+        rebalance that began meanwhile resumes it itself."""
+        generation = self.app.consumer_generation_id
+        resume = self.flow_active
+        self.stop_flow()
         try:
             await self.seek(tp, offset)
         except Exception as exc:  # e.g. revoked meanwhile: its next owner reads it anyway
             log.warning("cannot read %s:%s again from %s: %r", tp.topic, tp.partition, offset, exc)
+        finally:
+            if (
+                resume
+                and self.app.consumer_generation_id == generation
+                and not self.app.rebalancing
+            ):
+                self.resume_flow()
 
     def _log_hole(self, tp: TP, start: int | None, lowest: int) -> None:
         key = (tp, -1 if start is None else start)
