@@ -30,6 +30,8 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from rating.memo import RememberLast
+
 # --- scalar types -------------------------------------------------------------------------
 
 _DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
@@ -283,24 +285,8 @@ class ChargeFields(NamedTuple):
 _quote = json.encoder.encode_basestring
 
 
-class _TimeText:
-    """``format_time`` of the last value asked: every Charge of a batch has the same
-    ``rated_at``. Holds the datetime itself, so ``is`` cannot match a recycled address."""
-
-    __slots__ = ("text", "value")
-
-    def __init__(self) -> None:
-        self.value: datetime | None = None
-        self.text = ""
-
-    def __call__(self, value: datetime) -> str:
-        if value is not self.value:
-            self.text = format_time(value)
-            self.value = value
-        return self.text
-
-
-_rated_at_text = _TimeText()
+# Every Charge of a batch has the same rated_at.
+_rated_at_text = RememberLast(format_time)
 
 
 def encode_charge(c: Charge | ChargeFields) -> bytes:

@@ -70,6 +70,7 @@ from rating.contracts import (
     format_time,
 )
 from rating.domain.immutable import immutable
+from rating.memo import RememberLast
 
 RechargeOutcome = Literal[
     "issued", "retried", "succeeded", "failed", "timed_out", "given_up", "capped", "abandoned"
@@ -717,25 +718,13 @@ def _roll_day(account: Account, now: datetime) -> Account:
     return account
 
 
-class _DayText:
-    """The UTC day of the last ``now`` asked: a batch debits many accounts at one ``now``.
-    Holds the datetime itself, so ``is`` cannot match a new object at a recycled address."""
-
-    __slots__ = ("day", "now")
-
-    def __init__(self) -> None:
-        self.now: datetime | None = None
-        self.day = ""
-
-    def __call__(self, now: datetime) -> str:
-        if now is not self.now:
-            utc = now if now.tzinfo is UTC else now.astimezone(UTC)
-            self.day = utc.date().isoformat()
-            self.now = now
-        return self.day
+def _day_of(now: datetime) -> str:
+    utc = now if now.tzinfo is UTC else now.astimezone(UTC)
+    return utc.date().isoformat()
 
 
-_utc_day: Final = _DayText()
+# A batch debits many accounts at one ``now``.
+_utc_day: Final = RememberLast(_day_of)
 
 
 def _check_now(now: datetime) -> None:
