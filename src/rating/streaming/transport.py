@@ -41,9 +41,10 @@ unit tests decode a real corrupt batch through those classes and fail if their s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence, Set
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Literal, cast
@@ -281,7 +282,6 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return failure.decoded
 
 
-#: Faust's fetch loop yields to the event loop after this many records.
 async def _next_record(records: Any) -> Any:
     """The fetch's next ``(tp, message)``, None at its end. Not ``anext(records, None)``:
     mode's task dump (SIGUSR1, ``cry``) cannot walk an ``anext_awaitable`` and crashes the
@@ -292,6 +292,7 @@ async def _next_record(records: Any) -> Any:
         return None
 
 
+#: Faust's fetch loop yields to the event loop after this many records.
 _YIELD_EVERY = 100
 
 
@@ -482,15 +483,24 @@ class Consumer(faust_aiokafka.Consumer):
             self._n_acked = 0
             await self.commit()
 
-    async def perform_seek(self) -> None:
+    @contextlib.contextmanager
+    def _flow_stopped(self, keep_stopped: Callable[[], bool] = lambda: False) -> Iterator[None]:
+        """The flow stopped for a seek, so the fetch loop abandons the fetch it is delivering
+        (whose later offsets would otherwise be recorded as read after the seek, and the
+        records sought again dropped as delivered). Resumed after, if it was running and
+        ``keep_stopped()`` is false; a seek during a rebalance leaves it as it found it."""
         resume = self.flow_active
         self.stop_flow()
         try:
+            yield
+        finally:
+            if resume and not keep_stopped():
+                self.resume_flow()
+
+    async def perform_seek(self) -> None:
+        with self._flow_stopped():
             await super().perform_seek()
             await self._refetch_standbys()
-        finally:
-            if resume:
-                self.resume_flow()
 
     async def _refetch_standbys(self) -> None:
         # With the flow stopped the fetch loop abandons the batch it had fetched, standby
@@ -624,25 +634,21 @@ class Consumer(faust_aiokafka.Consumer):
 
     async def _read_again(self, tp: TP, offset: int) -> None:
         """Seek ``tp`` back to ``offset`` with the flow stopped, as :meth:`perform_seek`
-        does: a fetch the loop is delivering when the seek lands would go on recording its
-        (later) offsets as read, and the records the seek fetches again would then be
-        dropped as delivered (seen in the SIGKILL test: the hole read again, never
-        processed). The flow is resumed only in the generation that stopped it: a
-        rebalance that began meanwhile resumes it itself."""
+        (seen in the SIGKILL test with the flow running: the hole read again, never
+        processed). It runs in the background, so the flow is resumed only in the
+        generation that stopped it: a rebalance that began meanwhile resumes it itself."""
         generation = self.app.consumer_generation_id
-        resume = self.flow_active
-        self.stop_flow()
-        try:
-            await self.seek(tp, offset)
-        except Exception as exc:  # e.g. revoked meanwhile: its next owner reads it anyway
-            log.warning("cannot read %s:%s again from %s: %r", tp.topic, tp.partition, offset, exc)
-        finally:
-            if (
-                resume
-                and self.app.consumer_generation_id == generation
-                and not self.app.rebalancing
-            ):
-                self.resume_flow()
+
+        def rebalanced() -> bool:
+            return bool(self.app.rebalancing) or self.app.consumer_generation_id != generation
+
+        with self._flow_stopped(keep_stopped=rebalanced):
+            try:
+                await self.seek(tp, offset)
+            except Exception as exc:  # e.g. revoked meanwhile: its next owner reads it anyway
+                log.warning(
+                    "cannot read %s:%s again from %s: %r", tp.topic, tp.partition, offset, exc
+                )
 
     def _log_hole(self, tp: TP, start: int | None, lowest: int) -> None:
         key = (tp, -1 if start is None else start)
