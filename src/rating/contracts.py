@@ -19,6 +19,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NamedTuple
 
+import msgspec
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -72,7 +73,7 @@ _RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([
 RFC3339_UTC_PATTERN = _RFC3339_RE.pattern
 
 
-def _parse_utc(value: Any) -> datetime:
+def parse_utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is UTC:  # the common case (our own values): nothing to check
             return value
@@ -114,7 +115,7 @@ def format_time(value: datetime) -> str:
 
 UtcTime = Annotated[
     datetime,
-    BeforeValidator(_parse_utc),
+    BeforeValidator(parse_utc),
     PlainSerializer(format_time, return_type=str),
     WithJsonSchema(
         {
@@ -205,6 +206,39 @@ class CDR(_Wire):
     toll_free_number: E164 | None = None
 
 
+class CDRFields(msgspec.Struct, frozen=True, gc=False):
+    """A :class:`CDR`'s values, decoded but not a pydantic model: what the rating core takes
+    per CDR (built in ~0.2 us; a validated CDR costs ~4). ``ingest.parse_cdr`` builds it only
+    from text that :class:`CDR` accepts, with the same values (a property test holds the two
+    equal), so it carries the same guarantees. ``gc=False``: its values are atoms."""
+
+    cdr_id: str
+    tenant_id: str
+    product: Product
+    call_start: datetime
+    duration_seconds: int
+    origin: str
+    destination: str
+    user_id: str | None = None
+    conference_id: str | None = None
+    toll_free_number: str | None = None
+
+    @classmethod
+    def of(cls, cdr: CDR) -> CDRFields:
+        return cls(
+            cdr.cdr_id,
+            cdr.tenant_id,
+            cdr.product,
+            cdr.call_start,
+            cdr.duration_seconds,
+            cdr.origin,
+            cdr.destination,
+            cdr.user_id,
+            cdr.conference_id,
+            cdr.toll_free_number,
+        )
+
+
 class AutoRecharge(_Wire):
     enabled: StrictBool
     recharge_amount: Money
@@ -289,11 +323,22 @@ _quote = json.encoder.encode_basestring
 _rated_at_text = RememberLast(format_time)
 
 
-def encode_charge(c: Charge | ChargeFields) -> bytes:
+def charge_rate_text(prefix: str, zone: str, rate_card_id: str, per_minute: Decimal) -> str:
+    """The four fields a Charge takes from its rate, as :func:`encode_charge` writes them: the
+    same for every Charge of one rate, so a rate book writes it once per rate."""
+    return (
+        f'"prefix":"{prefix}","zone":{_quote(zone)},"rate_card_id":{_quote(rate_card_id)},'
+        f'"per_minute":"{format_money(per_minute)}"'
+    )
+
+
+def encode_charge(c: Charge | ChargeFields, rate_text: str | None = None) -> bytes:
     """``Charge(...).model_dump_json(exclude_none=True).encode()``, byte for byte, in a
     fraction of the time: one Charge per CDR is the ledger's hot path, and pydantic's
     serializer calls back into Python for every time and money field anyway. A unit test
-    holds the two equal."""
+    holds the two equal. ``rate_text``: :func:`charge_rate_text` of ``c``, when known."""
+    if rate_text is None:
+        rate_text = charge_rate_text(c.prefix, c.zone, c.rate_card_id, c.per_minute)
     balance = (
         "" if c.balance_after is None else f',"balance_after":"{format_money(c.balance_after)}"'
     )
@@ -301,8 +346,7 @@ def encode_charge(c: Charge | ChargeFields) -> bytes:
         f'{{"cdr_id":{_quote(c.cdr_id)},"tenant_id":{_quote(c.tenant_id)},'
         f'"product":"{c.product.value}","call_start":"{format_time(c.call_start)}",'
         f'"duration_seconds":{c.duration_seconds},"billable_seconds":{c.billable_seconds},'
-        f'"rated_number":"{c.rated_number}","prefix":"{c.prefix}","zone":{_quote(c.zone)},'
-        f'"rate_card_id":{_quote(c.rate_card_id)},"per_minute":"{format_money(c.per_minute)}",'
+        f'"rated_number":"{c.rated_number}",{rate_text},'
         f'"amount":"{format_money(c.amount)}","currency":"{c.currency}"{balance},'
         f'"rated_at":"{_rated_at_text(c.rated_at)}"}}'
     ).encode()

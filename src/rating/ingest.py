@@ -13,14 +13,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
+import msgspec
 from pydantic import BaseModel, ValidationError
 
-from rating.contracts import CDR, FundsEvent, Rejection, RejectReason, TenantSettings
+from rating.contracts import (
+    CDR,
+    CDRFields,
+    FundsEvent,
+    Product,
+    Rejection,
+    RejectReason,
+    TenantSettings,
+    parse_utc,
+)
 from rating.domain.validation import summarize_validation_error
 
 Kind = Literal["cdr", "settings", "funds"]
 M = TypeVar("M", bound=BaseModel)
-MODELS: dict[Kind, type[BaseModel]] = {"cdr": CDR, "settings": TenantSettings, "funds": FundsEvent}
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,109 @@ def parse_value(model: type[M], raw: bytes | str | None) -> M | Invalid:
         return _classify(raw, exc)
 
 
+class _CDRShape(msgspec.Struct, gc=False):
+    """A CDR's JSON types only; :func:`_fast_cdr` checks the rest."""
+
+    cdr_id: str
+    tenant_id: str
+    product: Product
+    call_start: str
+    duration_seconds: int
+    origin: str
+    destination: str
+    user_id: str | None = None
+    conference_id: str | None = None
+    toll_free_number: str | None = None
+
+
+_decode_shape = msgspec.json.Decoder(_CDRShape).decode
+_MAX_DURATION = 7 * 24 * 3600  # CDR.duration_seconds' bound
+
+
+def _e164(number: str) -> bool:
+    """``^\\+[1-9][0-9]{1,14}$`` without a regex: ASCII digits only (``isdigit`` alone
+    takes other scripts' digits too)."""
+    return (
+        3 <= len(number) <= 16
+        and number[0] == "+"
+        and number[1] != "0"
+        and number.isascii()
+        and number[1:].isdigit()
+    )
+
+
+def _identifier(value: str | None) -> bool:
+    return value is None or 1 <= len(value) <= 256
+
+
+def _fast_cdr(raw: bytes | str) -> CDRFields | None:
+    """The common CDR, several times faster than pydantic: ``None`` unless :class:`CDR`
+    accepts ``raw`` with these very values. It declines (``None``) whatever it does not
+    prove valid: bad input, and rarer valid forms such as a non-ASCII tenant_id; pydantic
+    then decides and classifies. Every check is as strict as the model's or stricter
+    (tests/unit/test_fast_cdr.py compares the two on generated input)."""
+    try:
+        # Decoded first: msgspec skips unknown fields without checking their UTF-8.
+        shape = _decode_shape(raw.decode() if isinstance(raw, bytes) else raw)
+    except (msgspec.DecodeError, ValueError, RecursionError):  # pydantic classifies it
+        return None
+    tenant = shape.tenant_id
+    # TenantId is ^[^\s]+$ (1..128): printable ASCII without the space has no whitespace.
+    if not (1 <= len(tenant) <= 128 and tenant.isascii() and tenant.isprintable()):
+        return None
+    if " " in tenant or not 0 <= shape.duration_seconds <= _MAX_DURATION:
+        return None
+    if not (_e164(shape.origin) and _e164(shape.destination)):
+        return None
+    tf = shape.toll_free_number
+    if tf is not None and not _e164(tf):
+        return None
+    if not (
+        1 <= len(shape.cdr_id) <= 256
+        and _identifier(shape.user_id)
+        and _identifier(shape.conference_id)
+    ):
+        return None
+    try:
+        start = parse_utc(shape.call_start)  # the model's own parser: the same datetime
+    except ValueError:
+        return None
+    return CDRFields(
+        shape.cdr_id,
+        tenant,
+        shape.product,
+        start,
+        shape.duration_seconds,
+        shape.origin,
+        shape.destination,
+        shape.user_id,
+        shape.conference_id,
+        tf,
+    )
+
+
+def parse_cdr(raw: bytes | str | None) -> CDRFields | Invalid:
+    """:func:`parse_value` for CDRs, fast: the same verdicts, values and reasons."""
+    if raw is not None:
+        fast = _fast_cdr(raw)
+        if fast is not None:
+            return fast
+    parsed = parse_value(CDR, raw)
+    return parsed if isinstance(parsed, Invalid) else CDRFields.of(parsed)
+
+
+Message = CDRFields | TenantSettings | FundsEvent
+
+
+def parse_message(kind: Kind, raw: bytes | str | None) -> Message | Invalid:
+    """One input message of ``kind``: what ingest checks and the ledger reads back."""
+    if kind == "cdr":
+        return parse_cdr(raw)
+    if kind == "settings":
+        return parse_value(TenantSettings, raw)
+    return parse_value(FundsEvent, raw)
+
+
 def _classify(raw: bytes | str, exc: ValidationError) -> Invalid:
     if isinstance(raw, bytes):
         try:
@@ -145,12 +257,12 @@ def _classify(raw: bytes | str, exc: ValidationError) -> Invalid:
 
 def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> Envelope | Rejection:
     """Decode and validate one input record: malformed, schema and key_mismatch happen here."""
-    parsed = parse_value(MODELS[kind], raw)
+    parsed = parse_message(kind, raw)
     if isinstance(parsed, Invalid):
         return make_rejection(source, raw or b"", parsed.reason, parsed.detail, now)
     assert raw is not None
     text = raw.decode("utf-8")  # valid: the model parsed it
-    tenant_id: str = parsed.tenant_id  # type: ignore[attr-defined]
+    tenant_id = parsed.tenant_id
     if source.key is not None and source.key != tenant_id.encode():
         shown = source.key.decode("utf-8", "backslashreplace")
         return make_rejection(

@@ -136,10 +136,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
-
 from rating.contracts import (
-    CDR,
+    CDRFields,
     ChargeFields,
     FundsEvent,
     Rejection,
@@ -161,10 +159,9 @@ from rating.domain.account import (
 )
 from rating.domain.ratecard import RateBook
 from rating.domain.rating import RatingError, price_cdr
-from rating.domain.validation import summarize_validation_error
 from rating.error_policy import park
 from rating.expiry import ExpiryIndex, MemoryExpiry
-from rating.ingest import MODELS, Envelope, make_rejection
+from rating.ingest import Envelope, Invalid, Message, make_rejection, parse_message
 from rating.keys import (
     KeyKind,
     account_key,
@@ -680,7 +677,7 @@ class Ledger:
                 return self._settings(w, env, model)
             if w.account is None:
                 return self._hold(w, env)
-            if isinstance(model, CDR):
+            if isinstance(model, CDRFields):
                 return self._cdr(w, env, model)
             return self._funds(w, env, model)
         except Exception as exc:
@@ -694,14 +691,11 @@ class Ledger:
         rej = make_rejection(env.source, env.payload, reason, detail, now)
         return rejected(rej, env.source.key)
 
-    def _parse(self, env: Envelope, now: datetime) -> CDR | FundsEvent | TenantSettings | Result:
-        try:
-            model: CDR | FundsEvent | TenantSettings = MODELS[env.kind].model_validate_json(  # type: ignore[assignment]
-                env.payload
-            )
-            return model
-        except ValidationError as exc:  # ingest validated it; only a version skew gets here
-            return self._reject(env, RejectReason.SCHEMA, summarize_validation_error(exc), now)
+    def _parse(self, env: Envelope, now: datetime) -> Message | Result:
+        parsed = parse_message(env.kind, env.payload)
+        if isinstance(parsed, Invalid):  # ingest validated it; only a version skew gets here
+            return self._reject(env, parsed.reason, parsed.detail, now)
+        return parsed
 
     def _replayed(self, w: _Writes, legacy: list[list[str | None]] | None) -> Result:
         """This very record again, fully applied (its offset <= the account's ``lo``): its
@@ -773,7 +767,7 @@ class Ledger:
                 continue
             env = held.env
             model = self._parse(env, w.now)
-            if isinstance(model, CDR):
+            if isinstance(model, CDRFields):
                 part = self._cdr(w, env, model)
             elif isinstance(model, FundsEvent):
                 part = self._funds(w, env, model)
@@ -786,7 +780,7 @@ class Ledger:
 
     # --- the three kinds ------------------------------------------------------------------
 
-    def _cdr(self, w: _Writes, env: Envelope, cdr: CDR) -> Result:
+    def _cdr(self, w: _Writes, env: Envelope, cdr: CDRFields) -> Result:
         tenant, account, lo, now = w.tenant, w.account, w.lo, w.now
         assert account is not None  # held otherwise
         mkey = charge_key(tenant, cdr.cdr_id)
@@ -819,7 +813,7 @@ class Ledger:
             return Result(outcome=Outcome.DUPLICATE, product=cdr.product.value)
         account, effects = apply_charge(account, priced.amount, now, self.policy)
         charge = priced.charge(rated_at=now, balance_after=account.balance)
-        charge_json = encode_charge(charge)
+        charge_json = encode_charge(charge, priced.tariff.charge_text)
         outputs = [Output(Role.CHARGES, tenant.encode(), charge_json)]
         outputs += _effects_outputs(tenant, effects)
         expires = _epoch(cdr.call_start + self.horizon + EXPIRY_GRACE)

@@ -23,12 +23,12 @@ from typing import Any, TextIO
 
 from pydantic import TypeAdapter, ValidationError
 
-from rating.contracts import CDR, Currency, OfflineRejection, RejectReason, TenantSettings, UtcTime
+from rating.contracts import Currency, OfflineRejection, RejectReason, TenantSettings, UtcTime
 from rating.domain.ratecard import RateBook, RateCardError, load_rate_cards
 from rating.domain.rating import RatingError, rate_cdr
 from rating.domain.validation import describe_validation_error
 from rating.errors import RatingBaseError
-from rating.ingest import Invalid, parse_value
+from rating.ingest import Invalid, parse_cdr
 
 _MAX_PROBLEMS = 20
 
@@ -159,7 +159,7 @@ class OfflineRater:
 
     def rate_line(self, raw: bytes | str, lineno: int = 0) -> str | None:
         """The JSON output line (without newline) for one input line; ``None`` when blank."""
-        cdr = parse_value(CDR, raw)
+        cdr = parse_cdr(raw)
         if isinstance(cdr, Invalid):
             if not raw.strip():
                 return None  # blank lines are checked here, off the hot path
@@ -184,7 +184,7 @@ class OfflineRater:
         return result.model_dump_json(exclude={"balance_after"})
 
     def _reject_invalid(self, raw: bytes | str, invalid: Invalid, lineno: int) -> str:
-        # The same classifier as the streaming path (ingest.parse_value); the line number
+        # The same classifier as the streaming path (ingest.parse_cdr); the line number
         # and the CDR id (when one can be read) are what an offline run adds.
         where = f"line {lineno}: " if lineno else ""
         cdr_id = _cdr_id_of(raw) if invalid.reason is RejectReason.SCHEMA else None

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rating.contracts import Charge, ChargeFields, Product, encode_charge, format_time
+from rating.contracts import (
+    Charge,
+    ChargeFields,
+    Product,
+    charge_rate_text,
+    encode_charge,
+    format_time,
+)
 
 # Field order of the encoder; a field added to Charge must be added to the encoder too.
 ENCODED_FIELDS = [
@@ -81,8 +88,11 @@ def _fields_of(charge: Charge) -> ChargeFields:
 def test_encode_charge_is_pydantics_json_byte_for_byte(charge: Charge) -> None:
     expected = charge.model_dump_json(exclude_none=True).encode()
     assert encode_charge(charge) == expected
-    # The ledger's unvalidated tuple of the same values encodes to the same bytes.
+    # The ledger's unvalidated tuple of the same values encodes to the same bytes, and so
+    # does the rate's text written once (a rate book's Tariff.charge_text).
     assert encode_charge(_fields_of(charge)) == expected
+    rate_text = charge_rate_text(charge.prefix, charge.zone, charge.rate_card_id, charge.per_minute)
+    assert encode_charge(_fields_of(charge), rate_text) == expected
 
 
 def test_rated_at_is_formatted_afresh_for_every_new_value() -> None:

@@ -21,6 +21,7 @@ from rating.domain.rating import (
     rate_cdr,
     rated_number,
 )
+from rating.domain.tariff import Rule6
 
 SAMPLE = Path(__file__).resolve().parents[2] / "ratecards" / "sample.json"
 RATED_AT = datetime(2026, 12, 1, tzinfo=UTC)
@@ -492,3 +493,24 @@ def test_charge_never_holds_a_float(rate: Rate, duration: int, product: Product)
     assert type(values["per_minute"]) is Decimal
     assert type(values["billable_seconds"]) is int
     assert Charge.model_validate_json(charge.model_dump_json()) == charge
+
+
+# Wider than ``prices``: many decimals, large values, fee and price of different scales.
+wide_prices = st.integers(0, 20).flatmap(
+    lambda places: st.decimals(min_value=0, max_value=10**9, places=places, allow_nan=False)
+)
+
+
+@given(wide_prices, wide_prices, durations, precisions)
+def test_rule6_amount_is_the_exact_rational_rounded_half_up(
+    per_minute: Decimal, fee: Decimal, duration: int, precision: int
+) -> None:
+    rate = make_rate(1, 1, per_minute=format_money(per_minute), fee=format_money(fee))
+    amount = Rule6.of(rate, precision).amount(duration)
+    assert amount == reference_amount(duration, rate, precision)
+    assert amount.as_tuple().exponent == -precision
+
+
+def test_a_negative_zero_price_charges_a_plain_zero() -> None:
+    rate = make_rate(per_minute="-0", fee="-0")
+    assert format_money(Rule6.of(rate, 4).amount(60)) == "0.0000"

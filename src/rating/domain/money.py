@@ -1,40 +1,35 @@
-"""Exact money: ``Decimal`` only, with rounding done once and explicitly.
+"""Exact money as integers: a ``Decimal`` amount is ``units * 10**-places``.
 
 Floats never enter: the wire models refuse JSON numbers for money, and durations are ints.
+Arithmetic on integer units is exact at any size, so the only rounding is the one a caller
+writes out (rule 6 in :mod:`rating.domain.tariff`).
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Context, Decimal
-
-#: Working precision for intermediate results. A per-minute price times a week of seconds,
-#: divided by 60, needs about 25 significant digits; 50 leaves room so that the only rounding
-#: that matters is the final, explicit one.
-WORKING_PRECISION = 50
-
-#: A private context rather than ``localcontext()``: it never depends on (or changes) the
-#: thread's current context, and is cheaper on the per-CDR path. Never mutated.
-MONEY_CONTEXT = Context(prec=WORKING_PRECISION, rounding=ROUND_HALF_UP)
-
-ZERO = Decimal(0)
-
-_QUANTA = tuple(Decimal(1).scaleb(-places) for places in range(19))
+from decimal import Decimal
 
 
-def quantum(places: int) -> Decimal:
-    """``Decimal('0.0001')`` for 4 places: the exponent a rounded amount carries."""
-    return _QUANTA[places] if places < len(_QUANTA) else Decimal(1).scaleb(-places)
+def decimals(value: Decimal) -> int:
+    """How many decimal places ``value`` carries (``Decimal("0.0240")``: 4)."""
+    exponent = value.as_tuple().exponent
+    if not isinstance(exponent, int):
+        raise ValueError(f"not a finite amount: {value}")
+    return max(0, -exponent)
 
 
-def round_half_up(value: Decimal, places: int) -> Decimal:
-    """Round to ``places`` decimals, halves away from zero (not banker's rounding).
+def to_units(value: Decimal, places: int) -> int:
+    """``value * 10**places`` as an int. ``places`` must be >= :func:`decimals` (exact)."""
+    sign, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        raise ValueError(f"not a finite amount: {value}")
+    if exponent + places < 0:
+        raise ValueError(f"{value} has more than {places} decimal places")
+    factor: int = 10 ** (exponent + places)
+    units = int("".join(map(str, digits))) * factor
+    return -units if sign else units
 
-    The result always carries exactly ``places`` decimals, so ``format_money`` prints them
-    (``"0.0000"``, not ``"0"``). ``quantize`` fails rather than round twice when the
-    context has too few digits for the result, so huge values get a wider context.
-    """
-    if places < 0:
-        raise ValueError(f"places must be >= 0, got {places}")
-    needed = value.adjusted() + places + 2
-    context = MONEY_CONTEXT if needed <= WORKING_PRECISION else Context(prec=needed)
-    return value.quantize(quantum(places), rounding=ROUND_HALF_UP, context=context)
+
+def from_units(units: int, places: int) -> Decimal:
+    """``units * 10**-places`` with exactly ``places`` decimals (``0.0000``, not ``0``)."""
+    return Decimal(f"{units}E-{places}")

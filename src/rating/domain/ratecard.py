@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from rating.contracts import Product, Rate, RateCard
+from rating.domain.tariff import Tariff
 from rating.domain.validation import describe_validation_error
 from rating.errors import RatingBaseError
 
@@ -51,23 +52,23 @@ class _PrefixIndex:
     down. Only lengths that exist are probed, so a lookup costs at most ~15 dict hits
     whatever the number of prefixes."""
 
-    by_prefix: Mapping[str, Rate]
+    by_prefix: Mapping[str, Tariff]
     lengths: tuple[int, ...]  # distinct prefix lengths, longest first
 
     @classmethod
-    def build(cls, rates: Iterable[Rate]) -> _PrefixIndex:
-        by_prefix = {rate.prefix: rate for rate in rates}
+    def build(cls, rates: Iterable[Rate], card: RateCard) -> _PrefixIndex:
+        by_prefix = {rate.prefix: Tariff.of(rate, card) for rate in rates}
         lengths = tuple(sorted({len(p) for p in by_prefix}, reverse=True))
         return cls(by_prefix, lengths)
 
-    def longest(self, digits: str) -> Rate | None:
+    def longest(self, digits: str) -> Tariff | None:
         n_digits = len(digits)
         get = self.by_prefix.get
         for n in self.lengths:
             if n <= n_digits:
-                rate = get(digits[:n])
-                if rate is not None:
-                    return rate
+                tariff = get(digits[:n])
+                if tariff is not None:
+                    return tariff
         return None
 
 
@@ -75,7 +76,7 @@ def _index_card(card: RateCard) -> dict[Product, _PrefixIndex]:
     grouped: dict[Product, list[Rate]] = defaultdict(list)
     for rate in card.rates:
         grouped[rate.product].append(rate)
-    return {product: _PrefixIndex.build(rates) for product, rates in grouped.items()}
+    return {product: _PrefixIndex.build(rates, card) for product, rates in grouped.items()}
 
 
 def _check_cards(cards: list[RateCard]) -> list[str]:
@@ -169,6 +170,11 @@ class RateBook:
     def lookup(self, card: RateCard, product: Product, digits: str) -> Rate | None:
         """Rule 3: the rate with the longest prefix of ``digits`` among the card's rates for
         ``product``. Rates of other products never match."""
+        tariff = self.tariff(card, product, digits)
+        return None if tariff is None else tariff.rate
+
+    def tariff(self, card: RateCard, product: Product, digits: str) -> Tariff | None:
+        """:meth:`lookup`'s rate, prepared for rule 6 when the book was built."""
         index = self._index.get(card.rate_card_id)
         if index is None or self._by_id[card.rate_card_id] is not card:
             # A card from elsewhere (not this book): correct but unindexed, so slow.

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from rating.contracts import (
     CDR,
+    CDRFields,
     Charge,
     ChargeFields,
     Product,
@@ -21,10 +22,8 @@ from rating.contracts import (
     format_time,
 )
 from rating.domain.immutable import immutable
-from rating.domain.money import MONEY_CONTEXT, round_half_up
 from rating.domain.ratecard import RateBook
-
-_SIXTY = Decimal(60)
+from rating.domain.tariff import Rule6, Tariff
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +34,7 @@ class RatingError:
     detail: str
 
 
-def rated_number(cdr: CDR) -> str:
+def rated_number(cdr: CDR | CDRFields) -> str:
     """Rule 2: who the tenant pays for. Dial-out pays for the called number; for toll-free
     the tenant pays for the caller's access, so the caller's (origin) number is rated.
     Digits only, without the ``+``."""
@@ -57,21 +56,10 @@ def billable_seconds(duration: int, rate: Rate) -> int:
 
 
 def charge_amount(billable: int, rate: Rate, precision: int) -> Decimal:
-    """Rule 6: connection_fee + per_minute * billable / 60, rounded once, half up.
-
-    ``billable == 0`` only happens for an unanswered call (increments are >= 1), and rule 4
-    says that costs nothing, so no connection fee either. The result always carries exactly
-    ``precision`` decimals.
-    """
-    if billable == 0:
-        return round_half_up(Decimal(0), precision)
-    # The product and the sum are exact at this precision; only the division by 60 can be
-    # inexact, and its error (~1e-45) cannot move a rounding at <= 10 places.
-    ctx = MONEY_CONTEXT
-    exact = ctx.add(
-        rate.connection_fee, ctx.divide(ctx.multiply(rate.per_minute, billable), _SIXTY)
-    )
-    return round_half_up(exact, precision)
+    """Rule 6: connection_fee + per_minute * billable / 60, rounded once, half up, with
+    exactly ``precision`` decimals (see :mod:`rating.domain.tariff`; a rate book prepares
+    each rate once, so :func:`price_cdr` does not come here)."""
+    return Rule6.of(rate, precision).amount(billable)
 
 
 @immutable
@@ -79,17 +67,25 @@ class Priced:
     """What rules 1-6 decide for one CDR, before any balance: the ledger debits ``amount``
     first and then builds the one Charge it publishes, balance included (no second copy)."""
 
-    cdr: CDR
-    card: RateCard
-    rate: Rate
+    cdr: CDR | CDRFields
+    tariff: Tariff
     number: str
     billable: int
     amount: Decimal
 
+    @property
+    def card(self) -> RateCard:
+        return self.tariff.card
+
+    @property
+    def rate(self) -> Rate:
+        return self.tariff.rate
+
     def charge(self, *, rated_at: datetime, balance_after: Decimal | None = None) -> ChargeFields:
         """The Charge's fields (the ledger's per-CDR path; :func:`rate_cdr` validates them).
         ``rated_at`` must be timezone-aware (a caller's bug otherwise: the ledger's clock)."""
-        cdr, rate, card = self.cdr, self.rate, self.card
+        cdr, tariff = self.cdr, self.tariff
+        rate, card = tariff.rate, tariff.card
         return ChargeFields(
             cdr.cdr_id,
             cdr.tenant_id,
@@ -109,7 +105,9 @@ class Priced:
         )
 
 
-def price_cdr(cdr: CDR, book: RateBook, *, plan: str, currency: str) -> Priced | RatingError:
+def price_cdr(
+    cdr: CDR | CDRFields, book: RateBook, *, plan: str, currency: str
+) -> Priced | RatingError:
     """Price one CDR for a tenant on ``plan`` billing in ``currency``. Never raises on data."""
     card = book.find_card(plan, currency, cdr.call_start)
     if card is None:
@@ -119,20 +117,20 @@ def price_cdr(cdr: CDR, book: RateBook, *, plan: str, currency: str) -> Priced |
             f"covering call_start {format_time(cdr.call_start)}",
         )
     number = rated_number(cdr)
-    rate = book.lookup(card, cdr.product, number)
-    if rate is None:
+    tariff = book.tariff(card, cdr.product, number)
+    if tariff is None:
         side = "destination" if cdr.product is Product.CONFERENCING_DIALOUT else "origin"
         return RatingError(
             RejectReason.NO_RATE,
             f"no rate for product {cdr.product.value}, rated number {number} ({side}) "
             f"in rate card {card.rate_card_id!r}",
         )
-    billable = billable_seconds(cdr.duration_seconds, rate)
-    return Priced(cdr, card, rate, number, billable, charge_amount(billable, rate, card.precision))
+    billable = billable_seconds(cdr.duration_seconds, tariff.rate)
+    return Priced(cdr, tariff, number, billable, tariff.rule6.amount(billable))
 
 
 def rate_cdr(
-    cdr: CDR, book: RateBook, *, plan: str, currency: str, rated_at: datetime
+    cdr: CDR | CDRFields, book: RateBook, *, plan: str, currency: str, rated_at: datetime
 ) -> Charge | RatingError:
     """Rate one CDR for a tenant on ``plan`` billing in ``currency``. Never raises on data.
 
