@@ -102,6 +102,14 @@ def _memory_store() -> memory.Store:
     return data
 
 
+def test_memory_store_get_returns_the_value_or_the_default() -> None:
+    store = _memory_store()
+    store["k"] = {"v": 1}
+    assert store.get("k") == {"v": 1}
+    assert store.get("missing") is None
+    assert store.get("missing", 7) == 7
+
+
 def test_memory_recovery_drops_a_deposed_owners_late_records_and_remembers_their_keys() -> None:
     store = _memory_store()
     batch = [

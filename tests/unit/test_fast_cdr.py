@@ -9,12 +9,13 @@ import json
 from datetime import UTC
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rating.contracts import CDR, CDRFields, Product
-from rating.ingest import Invalid, _fast_cdr, parse_cdr, parse_value
+from rating.ingest import Invalid, _CDRShape, _fast_cdr, parse_cdr, parse_value
 
 VALID: dict[str, Any] = {
     "cdr_id": "cdr-000000001",
@@ -122,6 +123,13 @@ def raw_inputs(draw: st.DrawFn) -> bytes | str:
         at = draw(st.integers(0, len(raw)))
         raw = raw[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80"])) + raw[at:]
     return raw
+
+
+def test_the_decoded_shapes_have_the_models_fields_in_order() -> None:
+    # A field added to CDR must be added to both (or the fast path would drop it).
+    names = list(CDR.model_fields)
+    assert [f.name for f in msgspec.structs.fields(CDRFields)] == names
+    assert [f.name for f in msgspec.structs.fields(_CDRShape)] == names
 
 
 def reference(raw: bytes | str) -> CDRFields | Invalid:

@@ -50,6 +50,10 @@ class Store(memory.Store[str, Any]):
                 repairs.add(key)
         super().apply_changelog_batch(admitted, to_key, to_value)
 
+    def get(self, key: str, default: Any = None) -> Any:
+        # The mapping's own get (Mapping.get) raises and catches a KeyError per miss.
+        return self.data.get(key, default)
+
     def highest_epoch(self, partition: int) -> int:
         return self._epochs.highest.get(partition, 0)
 
