@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 
+from rating.gc_tuning import tune_gc
 from rating.malloc import pin_mmap_threshold
 from rating.settings import SettingsError, load_settings
 
@@ -36,6 +37,9 @@ def run_worker() -> int:
         return _fail(f"RATING_RATE_CARDS: {exc}")
     except SettingsError as exc:  # e.g. a Kafka codec library missing
         return _fail(str(exc))
+
+    if settings.gc_tuning:
+        tune_gc()  # after the app is built: what start-up made is frozen out of collections
 
     from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
