@@ -257,11 +257,16 @@ def _classify(raw: bytes | str, exc: ValidationError) -> Invalid:
 
 def validate(kind: Kind, source: Source, raw: bytes | None, now: datetime) -> Envelope | Rejection:
     """Decode and validate one input record: malformed, schema and key_mismatch happen here."""
-    parsed = parse_message(kind, raw)
+    # Decoded once, here: the envelope carries the text. Bytes that are not UTF-8 go to the
+    # classifier as they are, which says where they break.
+    try:
+        text = None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    parsed = parse_message(kind, raw if text is None else text)
     if isinstance(parsed, Invalid):
         return make_rejection(source, raw or b"", parsed.reason, parsed.detail, now)
-    assert raw is not None
-    text = raw.decode("utf-8")  # valid: the model parsed it
+    assert text is not None  # the model parsed it: UTF-8
     tenant_id = parsed.tenant_id
     if source.key is not None and source.key != tenant_id.encode():
         shown = source.key.decode("utf-8", "backslashreplace")

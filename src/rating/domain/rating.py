@@ -17,7 +17,6 @@ from rating.contracts import (
     ChargeFields,
     Product,
     Rate,
-    RateCard,
     RejectReason,
     format_time,
 )
@@ -72,14 +71,6 @@ class Priced:
     number: str
     billable: int
     amount: Decimal
-
-    @property
-    def card(self) -> RateCard:
-        return self.tariff.card
-
-    @property
-    def rate(self) -> Rate:
-        return self.tariff.rate
 
     def charge(self, *, rated_at: datetime, balance_after: Decimal | None = None) -> ChargeFields:
         """The Charge's fields (the ledger's per-CDR path; :func:`rate_cdr` validates them).

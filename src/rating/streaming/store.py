@@ -261,10 +261,8 @@ class TableStore(MutableMapping[str, Any]):
         return data if isinstance(data, rocks.Store) else None
 
     def __getitem__(self, key: str) -> Any:
-        if self.rocks is None:
-            return self.table.data[key]
-        value = self._get_in(self.partition_for(key), key)
-        if value is None:
+        value = self.get(key)
+        if value is None:  # no value is stored as None: a deletion removes the key
             raise KeyError(key)
         return value
 
