@@ -32,6 +32,9 @@ Exactly once in effect, without Kafka transactions:
    account is missing (account ``lo`` < the record's offset), or nothing is.
 2. Faust commits an input offset only after flushing the changelog, so a message whose
    effects were lost is always redelivered, and before any later message of its partition.
+   The adapter holds the ledger to that order (``streaming/in_order.py``): a record that
+   arrives after records of its partition it never applied (Faust's fetch loop has dropped
+   some) waits for them, since a record below the account's ``lo`` counts as applied.
    A local RocksDB store (``rocksdict://``) is written only after its changelog records are
    acked, together with the changelog offset it reaches (``streaming/rocks.py``), so a
    restart from the data dir also starts from a prefix of the changelog, never ahead of it.

@@ -175,6 +175,14 @@ class Metrics:
             ["partition"],
             registry=r,
         )
+        self.ledger_gaps = Counter(
+            "rating_ledger_gaps_total",
+            "Ledger records that arrived before earlier records of their partition were "
+            "applied (dropped on the way): not applied, the partition read again from the "
+            "first missing one.",
+            ["partition"],
+            registry=r,
+        )
         self.changelog_repaired_keys = Counter(
             "rating_changelog_repaired_keys_total",
             "State keys written again because a deposed owner's changelog records were found "

@@ -383,6 +383,7 @@ class Record:
     timestamp: datetime
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def read_records(
@@ -424,6 +425,7 @@ def read_records(
                             datetime.fromtimestamp(m.timestamp / 1000, UTC),
                             m.key,
                             m.value,
+                            tuple(m.headers or ()),
                         )
                         for m in msgs
                     )

@@ -10,6 +10,7 @@ worker settings that follow from that.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rating import testing
+from rating.streaming.epochs import epoch_of
 from rating.testing import (
     ROCKSDB,
     Record,
@@ -108,3 +110,50 @@ __all__ = [
     "settings_msg",
     "wait_until",
 ]
+
+
+def trace_cdr(env: Env, cdr_id: str) -> str:
+    """Every record that names one CDR (charged twice, or never): its input copies, its ledger
+    records (with their timestamps: a Charge's rated_at is its ledger record's), its Charges,
+    and on the changelog its marker, the outbox entries of its ledger records and its
+    tenant's account writes next to them, each with its writer's epoch (streaming/epochs.py)."""
+    try:
+        lines: list[str] = []
+        needle = cdr_id.encode()
+        topics = [env.topic("cdr_audio"), env.topic("cdr_tollfree"), f"{env.app_id}-ledger"]
+        topics += [env.topic("charges")]
+        tenant = None
+        ledger_at: set[tuple[int, int]] = set()
+        for topic in topics:
+            for r in read_records(env.bootstrap, topic, timeout=30):
+                value = r.value or b""
+                if needle in value:
+                    if tenant is None and topic != f"{env.app_id}-ledger":
+                        tenant = json.loads(value)["tenant_id"]
+                    if topic == f"{env.app_id}-ledger":
+                        ledger_at.add((r.partition, r.offset))
+                    lines.append(
+                        f"{topic}[{r.partition}]@{r.offset} ts={r.timestamp} {value[:300]!r}"
+                    )
+        outbox = {(p, f'"o/{tenant}/{o}"'.encode()) for p, o in ledger_at}
+        changelog = read_records(env.bootstrap, f"{env.app_id}-accounts-changelog", timeout=30)
+
+        def mine(r: Record) -> bool:
+            key = r.key or b""
+            return needle in key or needle in (r.value or b"") or (r.partition, key) in outbox
+
+        near: set[tuple[int, int]] = set()
+        for r in changelog:
+            if mine(r):
+                near.update((r.partition, o) for o in range(r.offset - 12, r.offset + 13))
+        account = f'"a/{tenant}"'.encode()
+        for r in changelog:
+            key = r.key or b""
+            if mine(r) or (key == account and (r.partition, r.offset) in near):
+                lines.append(
+                    f"changelog[{r.partition}]@{r.offset} epoch={epoch_of(r.headers)} "
+                    f"ts={r.timestamp} key={key!r} {(r.value or b'<tombstone>')[:160]!r}"
+                )
+        return "\n".join(lines)
+    except Exception as exc:  # a diagnosis must never hide the failure it explains
+        return f"(no trace: {type(exc).__name__}: {exc})"

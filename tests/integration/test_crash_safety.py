@@ -35,6 +35,7 @@ from tests.integration.harness import (
     read_topic,
     reconcile,
     settings_msg,
+    trace_cdr,
     wait_until,
 )
 
@@ -122,44 +123,6 @@ def _trace(env: Env, missing: list[str]) -> str:
                 f"{committed.get((topic, rec.partition), '?')}, on the ledger topic at {forwarded}"
             )
     return "\n".join(lines)
-
-
-def _trace_charged(env: Env, cdr_id: str) -> str:
-    """Every record that names a CDR charged twice: its input copies, its ledger records (with
-    their timestamps: a Charge's rated_at is its ledger record's), its Charges, the changelog
-    records of its marker and outbox entries, and its tenant's account writes next to them."""
-    try:
-        lines: list[str] = []
-        needle = cdr_id.encode()
-        topics = [env.topic("cdr_audio"), env.topic("cdr_tollfree"), f"{env.app_id}-ledger"]
-        topics += [env.topic("charges")]
-        tenant = None
-        for topic in topics:
-            for r in read_records(env.bootstrap, topic, timeout=30):
-                value = r.value or b""
-                if needle in value:
-                    if tenant is None and topic == env.topic("charges"):
-                        tenant = json.loads(value)["tenant_id"]
-                    lines.append(
-                        f"{topic}[{r.partition}]@{r.offset} ts={r.timestamp} {value[:300]!r}"
-                    )
-        changelog = read_records(env.bootstrap, f"{env.app_id}-accounts-changelog", timeout=30)
-        near: set[int] = set()
-        for r in changelog:
-            if (r.key is not None and needle in r.key) or needle in (r.value or b""):
-                near.update(range(r.offset - 12, r.offset + 13))
-        account = f"a/{tenant}".encode()
-        for r in changelog:
-            key = r.key or b""
-            mine = needle in key or needle in (r.value or b"")
-            if mine or (account in key and r.offset in near):
-                lines.append(
-                    f"changelog[{r.partition}]@{r.offset} ts={r.timestamp} key={key!r} "
-                    f"{(r.value or b'<tombstone>')[:160]!r}"
-                )
-        return "\n".join(lines)
-    except Exception as exc:  # a diagnosis must never hide the failure it explains
-        return f"(no trace: {type(exc).__name__}: {exc})"
 
 
 async def _committed(env: Env) -> dict[tuple[str, int], int | None]:
@@ -255,6 +218,8 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
             f"{len(missing)} CDRs never charged, e.g. {missing[:5]}\n"
             + _trace(env, missing[:20])
             + "\n"
+            + "\n\n".join(trace_cdr(env, cdr_id) for cdr_id in missing[:2])
+            + "\n"
             + "\n".join(_diagnosis(w) for w in (a, c))
         )
     charges = _charges(env)
@@ -267,7 +232,7 @@ def test_sigkill_mid_stream_charges_every_cdr_exactly_once(
                 f"{cdr_id}: copies of its Charge differ in {sorted(differing)}:\n"
                 + "\n".join(json.dumps(c) for c in copies)
                 + "\n"
-                + _trace_charged(env, cdr_id)
+                + trace_cdr(env, cdr_id)
             )
 
     # The reference: the same CDRs rated in-process.

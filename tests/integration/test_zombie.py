@@ -38,6 +38,7 @@ from tests.integration.harness import (
     read_records,
     read_topic,
     settings_msg,
+    trace_cdr,
     wait_until,
 )
 
@@ -85,6 +86,7 @@ def _missing(env: Env, sent: dict[str, bytes]) -> str:
             hit = [w for w in wanted if w in value or (r.key is not None and w in r.key)]
             if hit:
                 lines.append(f"{topic} p{r.partition} o{r.offset} key={r.key!r}: {value[:300]!r}")
+    lines += [trace_cdr(env, cdr_id) for cdr_id in missing[:2]]
     return "\n".join(lines)
 
 

@@ -346,11 +346,32 @@ class _Producer:
 
 
 class _Consumer:
+    """What the ledger adapter asks of the transport's consumer (streaming/transport.py)."""
+
     def __init__(self) -> None:
         self.fenced: list[tuple[TP, int]] = []
+        self.starts: dict[TP, int] = {}  # where each partition is read from (committed)
+        self.earliest: dict[TP, int] = {}  # the log start of each partition (0 if not set)
+        self.disregarded: list[int] = []  # offsets of messages whose acks are left out
+        self.reads: list[tuple[TP, int]] = []  # partitions read again, from where
 
     def fence(self, tp: TP, generation: int) -> None:
         self.fenced.append((tp, generation))
+
+    def start_of(self, tp: TP) -> int | None:
+        return self.starts.get(tp)
+
+    async def starts_known(self) -> None:
+        return None
+
+    def disregard(self, message: Any) -> None:
+        self.disregarded.append(message.offset)
+
+    def read_again(self, tp: TP, offset: int) -> None:
+        self.reads.append((tp, offset))
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.earliest.get(tp, 0) for tp in tps}
 
 
 def _ledger_pipeline(kafka: FakeKafka) -> Any:

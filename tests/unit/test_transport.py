@@ -468,3 +468,35 @@ def test_acks_of_a_batch_fetched_in_an_older_generation_are_not_recorded() -> No
         assert consumer._new_offset(TP_A) == 12
 
     asyncio.run(scenario())
+
+
+def test_acks_of_messages_the_ledger_left_unprocessed_are_not_recorded(
+    seeks: list[tuple[transport.TP, int]],
+) -> None:
+    # The ledger found records 10..11 missing before 12 and 13 (streaming/in_order.py): it
+    # applies neither, and has the partition read again. Recording their acks would let the
+    # commit pass them once 10..11 are processed, before they are applied themselves.
+    async def scenario() -> None:
+        consumer = _consumer()
+        app = consumer.app
+        app.topics.acking_topics.add(TP_A.topic)
+        app.consumer_generation_id = 5
+        consumer._committed_offset[TP_A] = 10
+        consumer._start[TP_A] = 10
+        assert consumer.start_of(TP_A) == 10
+        early = [_message(offset, 5) for offset in (12, 13)]
+        for message in early:
+            consumer.track_message(message)
+            consumer.disregard(message)
+            assert not message.ack(consumer)
+        assert not consumer._unacked_messages  # nothing left for a revocation to wait for
+        consumer.read_again(TP_A, 10)
+        await consumer.starts_known()
+        assert seeks == [(TP_A, 10)]
+        again = [_message(offset, 5) for offset in range(10, 14)]  # fetched again: counted
+        for message in again:
+            consumer.track_message(message)
+            assert message.ack(consumer)
+        assert consumer._new_offset(TP_A) == 14
+
+    asyncio.run(scenario())

@@ -38,6 +38,7 @@ from rating.partitioning import partition_of
 from rating.settings import Settings
 from rating.streaming import transport
 from rating.streaming.clock import Clock, SystemClock
+from rating.streaming.in_order import Gap, InOrder
 from rating.streaming.quarantine import undecodable_handler
 from rating.streaming.rocks import MEMORY_OPTION, MemoryBudget
 from rating.streaming.sensors import LeanMonitor
@@ -57,6 +58,9 @@ _ZERO = Decimal(0)
 #: puts a batch's messages of one ledger partition into as few records as that allows.
 LEDGER_RECORD_MAX_MESSAGES = 256
 LEDGER_RECORD_MAX_BYTES = 256 * 1024
+#: A ledger partition read again for a gap is read again once more if the gap's records are
+#: not back after this long (streaming/in_order.py).
+REREAD_SECONDS = 5.0
 
 
 class Send(NamedTuple):
@@ -172,6 +176,10 @@ class Pipeline:
     #: RocksDB's worker-wide memory (None on memory://).
     rocksdb_memory: MemoryBudget | None = None
     _indexed: set[int] = field(default_factory=set)
+    #: The ledger's records, partition by partition in offset order (streaming/in_order.py).
+    order: InOrder = field(default_factory=InOrder)
+    # (partition, expected offset) -> when the partition was last sought back there.
+    _rereads: dict[tuple[int, int], float] = field(default_factory=dict)
 
     # --- ledger index maintenance ---------------------------------------------------------
 
@@ -302,11 +310,21 @@ class Pipeline:
         repaired = store.repair(sorted(self.owned_ledger_partitions()))
         if repaired:
             m.changelog_repaired_keys.inc(repaired)
+        generation = int(self.app.consumer_generation_id)
+        await self._learn_starts(events, generation)
         applied: list[tuple[Any, list[Result], float | None]] = []
         for event in events:
-            if store.fenced(event.message.partition):
+            msg = event.message
+            if store.fenced(msg.partition):
                 continue
-            results, started = self.apply(event.message)
+            # A batch fetched in an older generation is never committed (transport.Consumer
+            # .ack): its records are read again, so it is not held to this generation's order.
+            if msg.generation_id in (None, generation):
+                gap = self.order.admit(msg.partition, msg.offset)
+                if gap is not None:
+                    await self._gap(gap, msg)
+                    continue
+            results, started = self.apply(msg)
             applied.append((event, results, started))
         flush_started = self.clock.monotonic()
         fenced = await store.durable()
@@ -318,6 +336,62 @@ class Pipeline:
         await self.publish([out for _, results, _ in kept for r in results for out in r.outputs])
         await self.clear_outbox(upto)
         self.count_results([(r, started) for _, results, started in kept for r in results])
+
+    async def _learn_starts(self, events: Sequence[Any], generation: int) -> None:
+        """Where each ledger partition of the batch is read from in ``generation`` (its
+        committed offset, which the transport knows), for :attr:`order`."""
+        self.order.begin(generation)
+        fresh = {
+            e.message.partition
+            for e in events
+            if e.message.generation_id in (None, generation)
+            and not self.order.knows(e.message.partition)
+        }
+        if not fresh:
+            return
+        consumer = cast(transport.Consumer, self.app.consumer)
+        name = self.topics["ledger"].get_topic_name()
+        starts = {p: consumer.start_of(TP(name, p)) for p in fresh}
+        if any(start is None for start in starts.values()):
+            await consumer.starts_known()  # a partition never committed: looked up
+            starts = {p: consumer.start_of(TP(name, p)) for p in fresh}
+        for partition, start in starts.items():
+            if start is not None:
+                self.order.start(partition, start)
+
+    async def _gap(self, gap: Gap, msg: Any) -> None:
+        """``msg`` comes after ledger records this worker has not applied (dropped on the
+        way: streaming/in_order.py). It is not applied and its ack is not recorded; the
+        partition is read again from the first missing record (once per gap, unless the
+        read is not back within ``REREAD_SECONDS``)."""
+        consumer = cast(transport.Consumer, self.app.consumer)
+        consumer.disregard(msg)
+        key = (gap.partition, gap.expected)
+        now = self.clock.monotonic()
+        last = self._rereads.get(key)
+        if last is not None and now - last < REREAD_SECONDS:
+            return  # records fetched before the read again: it is on its way
+        self._rereads = {k: t for k, t in self._rereads.items() if now - t < REREAD_SECONDS}
+        self._rereads[key] = now
+        tp = TP(msg.topic, gap.partition)
+        first = (await consumer.earliest_offsets(tp)).get(tp)
+        if first is not None and first > gap.expected:
+            # Deleted by retention before this worker read them: nothing to wait for.
+            log.error(
+                "ledger records %s:%d@%d..%d were deleted before they were applied; going "
+                "on from %d",
+                msg.topic, gap.partition, gap.expected, first - 1, first,
+            )  # fmt: skip
+            self.order.resume_at(gap.partition, first)
+            consumer.read_again(tp, first)
+            return
+        self.metrics.ledger_gaps.labels(str(gap.partition)).inc()
+        log.warning(
+            "ledger record %s:%d@%d arrived before %d..%d, which were never applied: "
+            "reading the partition again from %d",
+            msg.topic, gap.partition, gap.found, gap.expected, gap.found - 1, gap.expected,
+        )  # fmt: skip
+        consumer.read_again(tp, gap.expected)
 
     def _fence(self, partitions: set[int], generation: int) -> None:
         """This worker was found deposed on ``partitions`` in ``generation``: never commit

@@ -337,7 +337,10 @@ class Consumer(faust_aiokafka.Consumer):
       where the consumer starts when there is none) and refuses a commit whose acked run does
       not begin there. A hole is logged, and if it is still there after ``HOLE_ROUNDS``
       commit rounds the partition is read again from its start (records processed already
-      are deduplicated downstream): never committed past, never left behind.
+      are deduplicated downstream): never committed past, never left behind. The ledger does
+      not wait for that: it applies its records strictly in order (streaming/in_order.py),
+      asks for a partition to be read again at once (:meth:`read_again`) and has the acks of
+      the records it did not apply left out (:meth:`disregard`).
     """
 
     _start: dict[TP, int]
@@ -345,6 +348,7 @@ class Consumer(faust_aiokafka.Consumer):
     _lookups: set[asyncio.Future[None]]
     _blocked: dict[TP, tuple[int, int]]  # partition -> (its start, commit rounds held there)
     _fenced: set[tuple[TP, int]]  # (partition, generation) never to be committed
+    _disregarded: set[Any]  # messages whose ack is not to be recorded (by identity)
 
     #: Commit rounds a hole must persist before the partition is read again from its start.
     HOLE_ROUNDS = 3
@@ -356,6 +360,7 @@ class Consumer(faust_aiokafka.Consumer):
         self._lookups = set()
         self._blocked = {}
         self._fenced = set()
+        self._disregarded = set()
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -575,6 +580,21 @@ class Consumer(faust_aiokafka.Consumer):
         there (:meth:`ack`)."""
         self._fenced.add((tp, generation))
 
+    def start_of(self, tp: TP) -> int | None:
+        """Where ``tp`` is read from in this generation (its committed offset, or where the
+        reset policy starts it); None while not known."""
+        return self._start.get(TP(tp.topic, tp.partition))
+
+    def disregard(self, message: Any) -> None:
+        """Leave ``message``'s ack out of the offsets to commit: an agent did not process it
+        (the ledger found records before it missing) and reads it again."""
+        self._disregarded.add(message)
+
+    def read_again(self, tp: TP, offset: int) -> None:
+        """Have ``tp`` read again from ``offset`` (in the background, with the flow stopped
+        for the seek, as the hole guard does)."""
+        self._in_background(self._read_again(tp, offset))
+
     def ack(self, message: Any) -> bool:
         """Faust's ack, except for a message fetched in an older consumer group generation:
         a batch that was in flight when this worker lost the group (frozen past its session
@@ -582,9 +602,14 @@ class Consumer(faust_aiokafka.Consumer):
         seek of the new generation has the worker read those records again, so committing
         the stale acks would skip records it has not processed yet (seen once losing 23 CDRs
         in the zombie test). Faust's streams skip such messages on delivery for the same
-        reason. Called under Faust's ack lock, as the method it extends."""
+        reason. The same for a message the ledger left unprocessed (:meth:`disregard`).
+        Called under Faust's ack lock, as the method it extends."""
         generation = message.generation_id
-        if generation is not None and generation != self.app.consumer_generation_id:
+        stale = generation is not None and generation != self.app.consumer_generation_id
+        if message in self._disregarded:
+            self._disregarded.discard(message)
+            stale = True
+        if stale:
             if not message.acked:
                 message.acked = True
                 self._unacked_messages.discard(message)
