@@ -18,8 +18,8 @@ Kinds (the letter is the first component):
   they are published (ledger.py)
 - ``h/{tenant}/{offset}``      a message held until the tenant's first settings arrive
 - ``u/{tenant}/{day}/{product}``  usage totals of one UTC day and product (rating.usage)
-- ``r/{tenant}[/{kind}/{slot}]``  recent activity: a ring of the last charges and funds
-  events (rating.usage)
+- ``r/{tenant}/{kind}``        recent activity: a page of the last charges or funds events
+  (rating.usage); ``r/{tenant}`` and ``r/{tenant}/{kind}/{slot}``: the legacy ring it replaced
 
 ``KEY_VERSION`` is stored with the state version so a worker never reads keys written under
 another encoding as if they were its own.
@@ -102,8 +102,11 @@ def usage_key(tenant: str, day: str, product: str) -> str:
     return make_key(KeyKind.USAGE, tenant, day, product)
 
 
-def recent_key(tenant: str) -> str:
-    return make_key(KeyKind.RECENT, tenant)
+def recent_key(tenant: str, kind: str | None = None) -> str:
+    """A tenant's page of recent ``kind`` entries; without a kind, the legacy ring's counter."""
+    if kind is None:
+        return make_key(KeyKind.RECENT, tenant)
+    return make_key(KeyKind.RECENT, tenant, kind)
 
 
 def tenant_of(key: str) -> str:

@@ -17,8 +17,9 @@ marker expiry (bounded per tick) deletes it with the markers. The day of a charg
 day of its ``call_start``, like the CDR's own dedup horizon, so a replay lands on the same row.
 
 Recent activity: the last :data:`RECENT_CHARGES` charges and :data:`RECENT_FUNDS` funds events
-(compact) in a ring of slot keys ``r/{tenant}/{kind}/{i}``, counted by ``r/{tenant}`` with the
-same ``lo`` rule.
+(compact), newest first, in one page per tenant and kind, ``r/{tenant}/{kind}``, with the same
+``lo`` rule. (Before: a ring of slot keys ``r/{tenant}/{kind}/{i}`` counted by ``r/{tenant}``:
+read as a fallback and migrated by the tenant's next record, see :func:`_legacy_pages`.)
 """
 
 from __future__ import annotations
@@ -165,39 +166,62 @@ def _push_recent(
     offset: int,
     entries: list[tuple[str, dict[str, Any]]],
 ) -> None:
-    # A ring of slots: each new entry is one small key ``r/{tenant}/{kind}/{n % limit}``, and
-    # ``r/{tenant}`` counts the entries of each kind. The slots are written first and the
-    # counter last, so a crash in between rewrites the same slots with the same entries; and
-    # one CDR costs one ~150-byte slot, not a rewrite of the whole ring.
-    key = keys.recent_key(tenant)
-    counts = store.get(key) or {"lo": -1, "charges": 0, "funds": 0}
-    if int(counts["lo"]) >= offset:
-        return
-    counts = {**counts, "lo": offset}
-    for kind, entry in entries:
-        n = int(counts.get(kind, 0))
-        store[_slot(tenant, kind, n)] = {**entry, "seq": n}
-        counts[kind] = n + 1
-    store[key] = counts
+    # One page per kind, rewritten whole: the store sends a key once per batch
+    # (rating.coalescing), so under load one changelog record carries a tenant's tens of
+    # charges of a batch, where a slot key per entry cost one record per CDR: the largest
+    # share of the changelog and of the ledger's latency (issue 11). Each page has its own
+    # ``lo``, so a crash between the pages and the account rewrites nothing twice.
+    legacy = _legacy_pages(store, tenant)
+    for kind, limit in _KINDS:
+        new = [entry for k, entry in entries if k == kind]
+        key = keys.recent_key(tenant, kind)
+        page = store.get(key) or (legacy or {}).get(kind) or {"lo": -1, "e": []}
+        if new and int(page["lo"]) < offset:
+            page = {"lo": offset, "e": (new[::-1] + list(page["e"]))[:limit]}
+        elif legacy is None or key in store:
+            continue
+        store[key] = page
+    if legacy is not None:
+        # The pages hold everything the slots did; deleted after them (a deletion is a
+        # barrier in the changelog, so no prefix has the deletions without the pages).
+        for kind, limit in _KINDS:
+            for i in range(limit):
+                store.pop(_legacy_slot(tenant, kind, i), None)
+        store.pop(keys.recent_key(tenant), None)
 
 
-def _slot(tenant: str, kind: str, n: int) -> str:
-    limit = RECENT_CHARGES if kind == "charges" else RECENT_FUNDS
-    return keys.make_key(keys.KeyKind.RECENT, tenant, kind, str(n % limit))
+_KINDS: Final = (("charges", RECENT_CHARGES), ("funds", RECENT_FUNDS))
+
+
+def _legacy_slot(tenant: str, kind: str, i: int) -> str:
+    return keys.make_key(keys.KeyKind.RECENT, tenant, kind, str(i))
+
+
+def _legacy_pages(store: Mapping[str, Any], tenant: str) -> dict[str, dict[str, Any]] | None:
+    """The pages of a ring written before pages (slots ``r/{tenant}/{kind}/{n % limit}``
+    holding ``seq`` n, counter ``r/{tenant}``), or None if the tenant has none."""
+    counts = store.get(keys.recent_key(tenant))
+    if counts is None:
+        return None
+    pages = {}
+    for kind, limit in _KINDS:
+        total = int(counts.get(kind, 0))
+        entries = []
+        for n in range(total - 1, max(total - limit, 0) - 1, -1):
+            slot = store.get(_legacy_slot(tenant, kind, n % limit))
+            if slot is not None and slot.get("seq") == n:
+                entries.append({k: v for k, v in slot.items() if k != "seq"})
+        pages[kind] = {"lo": int(counts["lo"]), "e": entries}
+    return pages
 
 
 def recent(store: Mapping[str, Any], tenant: str) -> dict[str, list[dict[str, Any]]]:
     """The tenant's last charges and funds events, newest first (compact entries)."""
-    counts = store.get(keys.recent_key(tenant)) or {}
+    legacy = _legacy_pages(store, tenant) or {}
     out: dict[str, list[dict[str, Any]]] = {}
-    for kind, limit in (("charges", RECENT_CHARGES), ("funds", RECENT_FUNDS)):
-        total = int(counts.get(kind, 0))
-        entries = []
-        for n in range(total - 1, max(total - limit, 0) - 1, -1):
-            slot = store.get(_slot(tenant, kind, n))
-            if slot is not None and slot.get("seq") == n:
-                entries.append({k: v for k, v in slot.items() if k != "seq"})
-        out[kind] = entries
+    for kind, _ in _KINDS:
+        page = store.get(keys.recent_key(tenant, kind)) or legacy.get(kind) or {"e": []}
+        out[kind] = [dict(entry) for entry in page["e"]]
     return out
 
 

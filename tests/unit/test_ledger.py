@@ -366,10 +366,10 @@ def test_every_crash_prefix_then_full_replay_debits_each_cdr_exactly_once() -> N
     original = Changelog()
     seen = run(new_ledger(original), scenario.messages, 0, T0)
     check_exactly_once(scenario, original, seen)
-    # Writes: outbox + account for 2 settings; outbox + marker + recent slot + ring counter +
-    # account for 2 credits; outbox + marker + usage row + recent slot + ring counter + account
-    # for 5 distinct CDRs (rating.usage).
-    assert len(original.log) == 2 * 2 + 2 * 5 + 5 * 6
+    # Writes: outbox + account for 2 settings; outbox + marker + recent page + account for 2
+    # credits; outbox + marker + usage row + recent page + account for 5 distinct CDRs
+    # (rating.usage).
+    assert len(original.log) == 2 * 2 + 2 * 4 + 5 * 5
     for keep in range(len(original.log) + 1):
         store = original.crashed(keep)
         # Redelivery from offset 0 (a conservative committed offset), an hour later.

@@ -20,6 +20,7 @@ from rating.contracts import Charge, Product, UsageReport
 from rating.usage import (
     MAX_RANGE_DAYS,
     RECENT_CHARGES,
+    RECENT_FUNDS,
     RETENTION_DAYS,
     RangeError,
     UsageRow,
@@ -40,6 +41,7 @@ from tests.unit.builders import (
     opened,
     run,
     scenarios,
+    settings_doc,
 )
 
 DAY = (T0 - timedelta(hours=1)).date()
@@ -185,9 +187,9 @@ def test_repair_adds_usage_only_when_the_row_missed_the_debit() -> None:
     original = Changelog()
     run(new_ledger(original), scenario.messages, 0, T0)
     kinds = [k.split("/")[0] for k, _ in original.log]
-    # outbox -> marker -> usage -> recent slot -> ring counter -> account
-    assert kinds == ["o", "a", "o", "c", "u", "r", "r", "a"]
-    for keep in (3, 4, 5, 6, 7):
+    # outbox -> marker -> usage -> recent page -> account
+    assert kinds == ["o", "a", "o", "c", "u", "r", "a"]
+    for keep in (3, 4, 5, 6):
         store = original.crashed(keep)
         result = new_ledger(store).handle(scenario.messages[1], 0, 1, T0)
         assert result.outcome == ("repaired" if keep >= 4 else "charged")
@@ -242,3 +244,70 @@ def test_parse_range_defaults_to_the_last_30_days_and_checks_its_input() -> None
         with pytest.raises(RangeError):
             parse_range(start, end, today)
     assert MAX_RANGE_DAYS == 400
+
+
+def _as_legacy_ring(store: Changelog, tenants: set[str]) -> Changelog:
+    """The same recent activity in the ring layout written before pages (counter
+    ``r/{tenant}`` with ``lo`` and a count per kind, slots ``r/{tenant}/{kind}/{n % limit}``
+    holding ``seq`` n); a full page is given older, scrolled-out entries so the slots wrap."""
+    data = {k: v for k, v in store.data.items() if not k.startswith("r/")}
+    for tenant in tenants:
+        counter: dict[str, int] = {"lo": -1}
+        for kind, limit in (("charges", RECENT_CHARGES), ("funds", RECENT_FUNDS)):
+            page = store.data.get(keys.recent_key(tenant, kind), {"lo": -1, "e": []})
+            total = len(page["e"]) + (7 if len(page["e"]) == limit else 0)
+            for age, entry in enumerate(page["e"]):
+                n = total - 1 - age
+                data[keys.make_key(keys.KeyKind.RECENT, tenant, kind, str(n % limit))] = {
+                    **entry,
+                    "seq": n,
+                }
+            counter[kind] = total
+            counter["lo"] = max(counter["lo"], int(page["lo"]))
+        data[keys.recent_key(tenant)] = counter
+    return Changelog(list(data.items()))
+
+
+def _legacy_keys(store: Changelog) -> set[str]:
+    return {k for k in store.data if k.startswith("r/") and k.count("/") != 2}
+
+
+def test_a_legacy_ring_is_read_as_it_was_and_migrated_by_the_next_record() -> None:
+    scenario = Scenario()
+    scenario.add("settings", settings_doc("t1"))
+    scenario.add("settings", settings_doc("t2"))
+    scenario.add("funds", funds_doc("f1", "t1", amount="50"))
+    for i in range(RECENT_CHARGES + 3):  # t1's page is full: its legacy slots wrap
+        scenario.add("cdr", cdr_doc(f"old{i}", "t1", duration=30 + i))
+    scenario.add("cdr", cdr_doc("old-t2", "t2"))
+    before = len(scenario.messages)
+    scenario.add("cdr", cdr_doc("new1", "t1"))
+    scenario.add("funds", funds_doc("f2", "t1", amount="5"))
+    scenario.add("cdr", cdr_doc("new2", "t2"))
+    scenario.add("cdr", cdr_doc("old3", "t1", duration=33))  # a duplicate: no entry
+
+    pages = Changelog()
+    run(new_ledger(pages), scenario.messages[:before], 0, T0)
+    legacy = _as_legacy_ring(pages, {"t1", "t2"})
+    assert not any(k.startswith("r/") and k.count("/") == 2 for k in legacy.data)
+    for tenant in ("t1", "t2"):
+        assert recent(legacy, tenant) == recent(pages, tenant)
+
+    # Each record after the upgrade, from every crash prefix of its writes, replayed.
+    upgraded = Changelog(legacy.log)
+    base = len(upgraded.log)
+    ledger = new_ledger(upgraded)
+    for offset in range(before, len(scenario.messages)):
+        ledger.handle(scenario.messages[offset], 0, offset, T0)
+    run(new_ledger(pages), scenario.messages, before, T0)
+    assert {t: recent(upgraded, t) for t in ("t1", "t2")} == {
+        t: recent(pages, t) for t in ("t1", "t2")
+    }
+    assert _legacy_keys(upgraded) == set()
+    for keep in range(base, len(upgraded.log) + 1):
+        store = upgraded.crashed(keep)
+        # (Replayed at the same clock: a funds entry freshly applied carries its time.)
+        run(new_ledger(store), scenario.messages, before, T0)
+        for tenant in ("t1", "t2"):
+            assert recent(store, tenant) == recent(pages, tenant), keep
+        assert _legacy_keys(store) == set(), keep
