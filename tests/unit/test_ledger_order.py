@@ -87,3 +87,25 @@ def test_records_deleted_by_retention_are_not_waited_for() -> None:
         assert p.ledger.account("t1") is not None
 
     asyncio.run(scenario())
+
+
+def test_a_batch_that_waited_through_a_rebalance_keeps_its_generations_order() -> None:
+    # Fetched in generation 5 with record 2 dropped, applied after the worker rejoined in
+    # generation 6: applying 3 would make 2, read again in generation 6, look applied.
+    kafka = FakeKafka()
+    p = _ledger_pipeline(kafka)
+    p.app.consumer.starts[LEDGER0] = 0
+
+    async def scenario() -> None:
+        await p.ledger_batch(
+            [
+                _ledger_event(0, "settings", settings_doc()),
+                _ledger_event(1, "funds", funds_doc("f1", amount="100.00")),
+            ]
+        )
+        p.app.consumer_generation_id = 6
+        await p.ledger_batch([_ledger_event(3, "cdr", cdr_doc("c2"))])  # generation 5
+        assert _charged(p) == []
+        assert p.app.consumer.reads == [(LEDGER0, 2)]
+
+    asyncio.run(scenario())

@@ -306,24 +306,24 @@ class Pipeline:
         (``TableStore.begin``), so its own records never carry an older epoch."""
         m, store = self.metrics, self.store
         previous = store.epoch
-        self._fence(await store.begin(batch_epoch(self.app, events)), previous)
+        generation = batch_epoch(self.app, events)
+        self._fence(await store.begin(generation), previous)
         repaired = store.repair(sorted(self.owned_ledger_partitions()))
         if repaired:
             m.changelog_repaired_keys.inc(repaired)
-        generation = int(self.app.consumer_generation_id)
+        # In the order of the generation the batch was fetched in: a batch that waited
+        # through a rebalance continues its own generation's order, if this worker still
+        # has it (then its acks are not recorded anyway: transport.Consumer.ack).
         await self._learn_starts(events, generation)
         applied: list[tuple[Any, list[Result], float | None]] = []
         for event in events:
             msg = event.message
             if store.fenced(msg.partition):
                 continue
-            # A batch fetched in an older generation is never committed (transport.Consumer
-            # .ack): its records are read again, so it is not held to this generation's order.
-            if msg.generation_id in (None, generation):
-                gap = self.order.admit(msg.partition, msg.offset)
-                if gap is not None:
-                    await self._gap(gap, msg)
-                    continue
+            gap = self.order.admit(msg.partition, msg.offset)
+            if gap is not None:
+                await self._gap(gap, msg)
+                continue
             results, started = self.apply(msg)
             applied.append((event, results, started))
         flush_started = self.clock.monotonic()
@@ -341,12 +341,7 @@ class Pipeline:
         """Where each ledger partition of the batch is read from in ``generation`` (its
         committed offset, which the transport knows), for :attr:`order`."""
         self.order.begin(generation)
-        fresh = {
-            e.message.partition
-            for e in events
-            if e.message.generation_id in (None, generation)
-            and not self.order.knows(e.message.partition)
-        }
+        fresh = {e.message.partition for e in events if not self.order.knows(e.message.partition)}
         if not fresh:
             return
         consumer = cast(transport.Consumer, self.app.consumer)
