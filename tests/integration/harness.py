@@ -120,18 +120,18 @@ def trace_cdr(env: Env, cdr_id: str) -> str:
     try:
         lines: list[str] = []
         needle = cdr_id.encode()
-        topics = [env.topic("cdr_audio"), env.topic("cdr_tollfree"), f"{env.app_id}-ledger"]
-        topics += [env.topic("charges")]
+        ledger = f"{env.app_id}-ledger"
+        topics = [env.topic("cdr_audio"), env.topic("cdr_tollfree"), ledger, env.topic("charges")]
         tenant = None
         ledger_at: set[tuple[int, int]] = set()
         for topic in topics:
             for r in read_records(env.bootstrap, topic, timeout=30):
                 value = r.value or b""
                 if needle in value:
-                    if tenant is None and topic != f"{env.app_id}-ledger":
-                        tenant = json.loads(value)["tenant_id"]
-                    if topic == f"{env.app_id}-ledger":
+                    if topic == ledger:
                         ledger_at.add((r.partition, r.offset))
+                    elif tenant is None:
+                        tenant = json.loads(value)["tenant_id"]
                     lines.append(
                         f"{topic}[{r.partition}]@{r.offset} ts={r.timestamp} {value[:300]!r}"
                     )

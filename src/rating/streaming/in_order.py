@@ -14,10 +14,10 @@ the records read again as duplicates: 332 CDRs never charged in one zombie test,
 SIGKILL test (both on the embedded broker).
 
 :class:`InOrder` is the pure part: per partition, the next offset the ledger may apply in the
-current consumer group generation. A record beyond it is a gap: not applied; the adapter has
-the partition read again from the expected offset and the record's ack is not recorded, so no
-commit passes it (``Pipeline.ledger_batch``). A record below it is a redelivery after such a
-read, applied as usual (the ledger deduplicates it).
+consumer group generation its batch was fetched in. A record beyond it is a gap: not applied;
+the adapter has the partition read again from the expected offset and the record's ack is not
+recorded, so no commit passes it (``Pipeline.ledger_batch``). A record below it is a
+redelivery after such a read, applied as usual (the ledger deduplicates it).
 """
 
 from __future__ import annotations
@@ -68,6 +68,3 @@ class InOrder:
     def resume_at(self, partition: int, offset: int) -> None:
         """The records before ``offset`` are gone (retention): expect ``offset`` next."""
         self._next[partition] = offset
-
-    def forget(self, partition: int) -> None:
-        self._next.pop(partition, None)
